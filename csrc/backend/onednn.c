@@ -1,0 +1,198 @@
+/* oneDNN backend (v3 C API). bf16 weights are read in place from the mmap'd
+ * checkpoint as a "ba"-strided B matrix; activations are rounded to bf16 for the
+ * product and accumulate in f32 (what AMX / AVX512-BF16 compute). f32 weights
+ * use the f32 matmul with default fpmath (no implicit down-conversion). */
+#include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "backend/matmul.h"
+#include "core/alloc.h"
+
+static dnnl_engine_t dm_engine;
+static dnnl_status_t dm_engine_status = dnnl_runtime_error;
+static pthread_once_t dm_engine_once = PTHREAD_ONCE_INIT;
+
+static void engine_init(void) { dm_engine_status = dnnl_engine_create(&dm_engine, dnnl_cpu, 0); }
+
+static dm_status dnnl_fail(dnnl_status_t s, const char *what) {
+    return dm_fail(DM_ERR_BACKEND, "oneDNN %s failed (status %d)", what, (int)s);
+}
+
+/* Primitive cache keyed by the full problem. Entries are never evicted (a
+ * primitive may be executing on another thread); once full, further shapes get
+ * a primitive built per call (oneDNN's own cache still makes that cheap). */
+typedef struct {
+    int64_t M, N, K;
+    dnnl_data_type_t wdt, bdt;
+    int accumulate;
+    dnnl_primitive_t prim;
+} prim_entry;
+
+#define CACHE_CAP 512
+static prim_entry dm_cache[CACHE_CAP];
+static int dm_cache_len;
+static pthread_mutex_t dm_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static dnnl_data_type_t to_dnnl(dm_dtype t) {
+    switch (t) {
+    case DM_F32: return dnnl_f32;
+    case DM_BF16: return dnnl_bf16;
+    case DM_F16: return dnnl_f16;
+    default: return dnnl_data_type_undef;
+    }
+}
+
+static dm_status build_primitive(const prim_entry *key, dnnl_primitive_t *out) {
+    dnnl_memory_desc_t src_md = NULL, wei_md = NULL, bias_md = NULL, dst_md = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t post_ops = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t s;
+    dm_status st = DM_OK;
+    dnnl_dims_t src_dims = {key->M, key->K}, src_strides = {key->K, 1};
+    dnnl_dims_t wei_dims = {key->K, key->N}, wei_strides = {1, key->K};
+    dnnl_dims_t dst_dims = {key->M, key->N}, dst_strides = {key->N, 1};
+    dnnl_dims_t bias_dims = {1, key->N}, bias_strides = {key->N, 1};
+    dnnl_data_type_t sdt = key->wdt == dnnl_f32 ? dnnl_f32 : key->wdt;
+
+#define CHECK(call, what) \
+    if ((s = (call)) != dnnl_success) { st = dnnl_fail(s, what); goto done; }
+    CHECK(dnnl_memory_desc_create_with_strides(&src_md, 2, src_dims, sdt, src_strides), "src desc");
+    CHECK(dnnl_memory_desc_create_with_strides(&wei_md, 2, wei_dims, key->wdt, wei_strides), "weight desc");
+    CHECK(dnnl_memory_desc_create_with_strides(&dst_md, 2, dst_dims, dnnl_f32, dst_strides), "dst desc");
+    if (key->bdt != dnnl_data_type_undef)
+        CHECK(dnnl_memory_desc_create_with_strides(&bias_md, 2, bias_dims, key->bdt, bias_strides), "bias desc");
+    CHECK(dnnl_primitive_attr_create(&attr), "attr");
+    if (key->accumulate) {
+        CHECK(dnnl_post_ops_create(&post_ops), "post-ops");
+        CHECK(dnnl_post_ops_append_sum(post_ops, 1.0f, 0, dnnl_data_type_undef), "sum post-op");
+        CHECK(dnnl_primitive_attr_set_post_ops(attr, post_ops), "set post-ops");
+    }
+    CHECK(dnnl_matmul_primitive_desc_create(&pd, dm_engine, src_md, wei_md, bias_md, dst_md, attr),
+          "matmul descriptor");
+    CHECK(dnnl_primitive_create(out, pd), "matmul primitive");
+#undef CHECK
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (post_ops) dnnl_post_ops_destroy(post_ops);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (src_md) dnnl_memory_desc_destroy(src_md);
+    if (wei_md) dnnl_memory_desc_destroy(wei_md);
+    if (bias_md) dnnl_memory_desc_destroy(bias_md);
+    if (dst_md) dnnl_memory_desc_destroy(dst_md);
+    return st;
+}
+
+/* Returns a cached primitive (*owned = 0) or a fresh one the caller destroys. */
+static dm_status get_primitive(const prim_entry *key, dnnl_primitive_t *prim, int *owned) {
+    pthread_mutex_lock(&dm_cache_lock);
+    for (int i = 0; i < dm_cache_len; i++) {
+        const prim_entry *e = &dm_cache[i];
+        if (e->M == key->M && e->N == key->N && e->K == key->K && e->wdt == key->wdt &&
+            e->bdt == key->bdt && e->accumulate == key->accumulate) {
+            *prim = e->prim;
+            *owned = 0;
+            pthread_mutex_unlock(&dm_cache_lock);
+            return DM_OK;
+        }
+    }
+    pthread_mutex_unlock(&dm_cache_lock);
+    DM_TRY(build_primitive(key, prim));
+    pthread_mutex_lock(&dm_cache_lock);
+    if (dm_cache_len < CACHE_CAP) {
+        dm_cache[dm_cache_len] = *key;
+        dm_cache[dm_cache_len].prim = *prim;
+        dm_cache_len++;
+        *owned = 0;
+    } else {
+        *owned = 1;
+    }
+    pthread_mutex_unlock(&dm_cache_lock);
+    return DM_OK;
+}
+
+static dm_status make_memory(dnnl_memory_t *mem, int64_t d0, int64_t d1, int64_t s0, int64_t s1,
+                             dnnl_data_type_t dt, const void *ptr) {
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {d0, d1}, strides = {s0, s1};
+    dnnl_status_t s = dnnl_memory_desc_create_with_strides(&md, 2, dims, dt, strides);
+    if (s != dnnl_success) return dnnl_fail(s, "memory desc");
+    s = dnnl_memory_create(mem, md, dm_engine, (void *)ptr);
+    dnnl_memory_desc_destroy(md);
+    return s == dnnl_success ? DM_OK : dnnl_fail(s, "memory");
+}
+
+dm_status dm_matmul_onednn(float *out, const float *x, const dm_tensor *w,
+                           const dm_tensor *bias, int64_t M, int accumulate) {
+    /* f16 weights would need f16 activations; the OpenBLAS path widens them. */
+    if (w->dtype == DM_F16) return dm_matmul_openblas(out, x, w, bias, M, accumulate);
+    pthread_once(&dm_engine_once, engine_init);
+    if (dm_engine_status != dnnl_success) return dnnl_fail(dm_engine_status, "engine creation");
+
+    const int64_t N = w->shape[0], K = w->shape[1];
+    prim_entry key = {M, N, K, to_dnnl(w->dtype), bias ? to_dnnl(bias->dtype) : dnnl_data_type_undef,
+                      accumulate ? 1 : 0, NULL};
+    if (bias && key.bdt == dnnl_data_type_undef)
+        return dm_fail(DM_ERR_TYPE, "matmul: bias dtype %s unsupported", dm_dtype_name(bias->dtype));
+
+    const void *src = x;
+    uint16_t *x16 = NULL;
+    if (key.wdt == dnnl_bf16) {
+        x16 = dm_alloc((size_t)(M * K), sizeof(uint16_t), "matmul bf16 activations");
+        if (!x16) return DM_ERR_NOMEM;
+        #pragma omp parallel for schedule(static)
+        for (int64_t m = 0; m < M; m++) dm_f32_to_bf16_n(x16 + m * K, x + m * K, (size_t)K);
+        src = x16;
+    }
+
+    dnnl_primitive_t prim = NULL;
+    int owned = 0;
+    dnnl_memory_t msrc = NULL, mwei = NULL, mdst = NULL, mbias = NULL;
+    dnnl_stream_t stream = NULL;
+    dm_status st = get_primitive(&key, &prim, &owned);
+    if (st != DM_OK) goto done;
+    if ((st = make_memory(&msrc, M, K, K, 1, key.wdt == dnnl_f32 ? dnnl_f32 : key.wdt, src)) != DM_OK) goto done;
+    if ((st = make_memory(&mwei, K, N, 1, K, key.wdt, w->data)) != DM_OK) goto done;
+    if ((st = make_memory(&mdst, M, N, N, 1, dnnl_f32, out)) != DM_OK) goto done;
+    if (bias && (st = make_memory(&mbias, 1, N, N, 1, key.bdt, bias->data)) != DM_OK) goto done;
+    dnnl_status_t s = dnnl_stream_create(&stream, dm_engine, dnnl_stream_default_flags);
+    if (s != dnnl_success) { st = dnnl_fail(s, "stream"); goto done; }
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, msrc}, {DNNL_ARG_WEIGHTS, mwei}, {DNNL_ARG_DST, mdst},
+                               {DNNL_ARG_BIAS, mbias}};
+    s = dnnl_primitive_execute(prim, stream, bias ? 4 : 3, args);
+    if (s == dnnl_success) s = dnnl_stream_wait(stream);
+    if (s != dnnl_success) st = dnnl_fail(s, "matmul execution");
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    if (msrc) dnnl_memory_destroy(msrc);
+    if (mwei) dnnl_memory_destroy(mwei);
+    if (mdst) dnnl_memory_destroy(mdst);
+    if (mbias) dnnl_memory_destroy(mbias);
+    if (owned && prim) dnnl_primitive_destroy(prim);
+    dm_free(x16);
+    return st;
+}
+
+const char *dm_onednn_version(void) {
+    static char buf[96];
+    const dnnl_version_t *v = dnnl_version();
+    snprintf(buf, sizeof buf, "%d.%d.%d (%s)", v->major, v->minor, v->patch, v->hash ? v->hash : "?");
+    return buf;
+}
+
+const char *dm_onednn_isa(void) {
+    switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_avx512_core_amx_fp16:
+    case dnnl_cpu_isa_avx512_core_amx: return "AVX-512 + AMX (bf16 matmul on AMX tiles)";
+    case dnnl_cpu_isa_avx512_core_fp16:
+    case dnnl_cpu_isa_avx512_core_bf16: return "AVX-512 + AVX512-BF16";
+    case dnnl_cpu_isa_avx512_core_vnni:
+    case dnnl_cpu_isa_avx512_core: return "AVX-512 (bf16 emulated)";
+    case dnnl_cpu_isa_avx2_vnni_2:
+    case dnnl_cpu_isa_avx2_vnni:
+    case dnnl_cpu_isa_avx2: return "AVX2 (bf16 emulated)";
+    default: return "SSE4.1/AVX (bf16 emulated)";
+    }
+}
