@@ -1,0 +1,43 @@
+/* Rotary position embeddings.
+ *
+ * 1D part (language model): the DeepSeek/Youtu MLA RoPE on the rope slice of
+ * q and k, with optional YaRN frequency interpolation and attention factor.
+ * Each function is self-contained; the 2D (vision) part lives beside it. */
+#ifndef DM_OPS_ROPE_H
+#define DM_OPS_ROPE_H
+
+#include <stdint.h>
+
+#include "core/status.h"
+
+/* YaRN settings as transformers reads them from rope_parameters; type 0 means
+ * plain RoPE (all other fields ignored). Zero for an optional float field means
+ * "absent" (the transformers defaults then apply). */
+typedef struct {
+    int yarn;                      /* 0: default rope, 1: yarn */
+    double theta;                  /* base */
+    double factor;                 /* yarn scale factor (> 0) */
+    double original_max_pos;       /* original_max_position_embeddings */
+    double beta_fast, beta_slow;   /* 0: 32 / 1 */
+    double mscale, mscale_all_dim; /* 0: absent */
+    double attention_factor;       /* 0: derived from factor / mscale */
+    int truncate;                  /* floor/ceil of the correction range (default 1) */
+} dm_rope1d_params;
+
+/* inv_freq[dim/2] and the cos/sin multiplier ("attention factor") exactly as
+ * transformers' default / yarn initialisers compute them (float32 results). */
+dm_status rope1d_init(const dm_rope1d_params *p, int dim, float *inv_freq, float *attn_factor);
+
+/* Softmax scale of MLA attention: head_dim^-0.5, times yarn_get_mscale(factor,
+ * mscale_all_dim)^2 under YaRN when mscale_all_dim is set (DeepSeek correction). */
+float rope1d_softmax_scale(const dm_rope1d_params *p, int qk_head_dim);
+
+/* Rotate in place the `dim`-wide slices x[t*row_stride + h*head_stride + 0..dim)
+ * for t < T, h < n_heads, token t at position pos0 + t.
+ * interleave=1: pairs (x[2i], x[2i+1]) rotated by frequency i and written back
+ * de-interleaved ([evens' | odds']), as transformers' apply_rotary_pos_emb_interleave.
+ * interleave=0: rotate_half convention (x[i], x[i+dim/2]). */
+void rope1d_forward(float *x, int64_t T, int64_t n_heads, int64_t row_stride, int64_t head_stride,
+                    int dim, int64_t pos0, const float *inv_freq, float attn_factor, int interleave);
+
+#endif
