@@ -41,4 +41,18 @@ dm_status dm_checkpoint_weight(const dm_checkpoint *c, const char *const *prefix
  * Memory grows by 2x the float weights; only done when the user asks. */
 dm_status dm_checkpoint_widen_f32(dm_checkpoint *c);
 
+/* Replace every F32/F16 tensor view by an owned bf16 copy (dtype="bf16" load of
+ * an f32 file). A checkpoint is converted at most once (widen or narrow): views
+ * handed out before stay valid until close. */
+dm_status dm_checkpoint_narrow_bf16(dm_checkpoint *c);
+
+/* errno of the last dm_checkpoint_open on this thread that failed at the OS level
+ * (open/fstat/mmap: status DM_ERR_IO), else 0. Lets the binding raise
+ * FileNotFoundError / PermissionError. */
+int dm_checkpoint_open_errno(void);
+
+/* Number of files and the path of the i-th. */
+int dm_checkpoint_file_count(const dm_checkpoint *c);
+const char *dm_checkpoint_file(const dm_checkpoint *c, int i);
+
 #endif
