@@ -1,0 +1,312 @@
+/* Streaming attention: see attention.h.
+ *
+ * Per work item (one query block of <= BQ rows inside one segment, one head):
+ *   for each key block of BK keys: transpose K block to [Dk][BK] (so QK^T is a
+ *   broadcast-FMA over 64 contiguous keys), S = Q K^T, online-softmax update of
+ *   the running max m, sum l and accumulator acc[BQ][Dv], acc += P V.
+ * The AVX-512 path register-blocks 4 query rows; other CPUs get plain loops. */
+#include "ops/attention.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "core/alloc.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define BQ 64
+#define BK 64
+
+typedef struct {
+    int64_t q0, q1;   /* query rows [q0, q1) */
+    int64_t k0, k1;   /* segment's key range */
+} attn_item;
+
+#if defined(__AVX512F__)
+/* exp for x <= 0 (softmax arguments): Cephes-style range reduction, degree-6
+ * polynomial, about 1 ulp; arguments below -87.3 (and -inf) give exactly 0. */
+static inline __m512 exp512(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.3f);
+    __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_max_ps(x, lo);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    __m512 r2 = _mm512_mul_ps(r, r);
+    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512 e = _mm512_scalef_ps(p, n);
+    return _mm512_mask_mov_ps(e, under, _mm512_setzero_ps());
+}
+
+/* S[r][0..BK) = q_r . kT[:, j] for 4 rows (rows beyond nq reuse row 0). */
+static void qk_block(float *S, const float *const *qrow, const float *kT, int Dk) {
+    __m512 c[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int x = 0; x < 4; x++) c[r][x] = _mm512_setzero_ps();
+    for (int d = 0; d < Dk; d++) {
+        const float *kd = kT + (int64_t)d * BK;
+        __m512 k0 = _mm512_load_ps(kd), k1 = _mm512_load_ps(kd + 16);
+        __m512 k2 = _mm512_load_ps(kd + 32), k3 = _mm512_load_ps(kd + 48);
+        for (int r = 0; r < 4; r++) {
+            __m512 b = _mm512_set1_ps(qrow[r][d]);
+            c[r][0] = _mm512_fmadd_ps(b, k0, c[r][0]);
+            c[r][1] = _mm512_fmadd_ps(b, k1, c[r][1]);
+            c[r][2] = _mm512_fmadd_ps(b, k2, c[r][2]);
+            c[r][3] = _mm512_fmadd_ps(b, k3, c[r][3]);
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int x = 0; x < 4; x++) _mm512_store_ps(S + r * BK + 16 * x, c[r][x]);
+}
+
+/* acc[r][:] += sum_j P[r][j] v_j[:] for 4 rows, Dv in chunks of 32 (masked tail). */
+static void pv_block(float *acc, const float *P, const float *v, int64_t vs, int nk, int Dv) {
+    for (int c0 = 0; c0 < Dv; c0 += 32) {
+        int rem = Dv - c0;
+        __mmask16 m0 = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
+        __mmask16 m1 = rem >= 32 ? 0xffff : rem <= 16 ? 0 : (__mmask16)((1u << (rem - 16)) - 1);
+        __m512 a[4][2];
+        for (int r = 0; r < 4; r++) {
+            a[r][0] = _mm512_maskz_loadu_ps(m0, acc + (int64_t)r * Dv + c0);
+            a[r][1] = _mm512_maskz_loadu_ps(m1, acc + (int64_t)r * Dv + c0 + 16);
+        }
+        for (int j = 0; j < nk; j++) {
+            const float *vj = v + (int64_t)j * vs + c0;
+            __m512 v0 = _mm512_maskz_loadu_ps(m0, vj);
+            __m512 v1 = _mm512_maskz_loadu_ps(m1, vj + 16);
+            for (int r = 0; r < 4; r++) {
+                __m512 b = _mm512_set1_ps(P[r * BK + j]);
+                a[r][0] = _mm512_fmadd_ps(b, v0, a[r][0]);
+                a[r][1] = _mm512_fmadd_ps(b, v1, a[r][1]);
+            }
+        }
+        for (int r = 0; r < 4; r++) {
+            _mm512_mask_storeu_ps(acc + (int64_t)r * Dv + c0, m0, a[r][0]);
+            _mm512_mask_storeu_ps(acc + (int64_t)r * Dv + c0 + 16, m1, a[r][1]);
+        }
+    }
+}
+#endif
+
+/* Online-softmax update of one row: s[0..BK) raw scores, entries j >= valid are
+ * masked. Overwrites s with the probabilities (0 for masked), returns the factor
+ * the old accumulator must be multiplied by. */
+static inline float softmax_row(float *s, int valid, float scale, float *m, float *l) {
+    float mx = -INFINITY;
+    for (int j = 0; j < valid; j++) mx = fmaxf(mx, s[j] * scale);
+    float m_new = fmaxf(*m, mx);
+    if (m_new == -INFINITY) { /* nothing visible yet in this row */
+        memset(s, 0, BK * sizeof(float));
+        return 1.0f;
+    }
+    float corr = expf(*m - m_new); /* 0 when *m = -inf */
+    float sum = 0.0f;
+#if defined(__AVX512F__)
+    __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(m_new), acc = _mm512_setzero_ps();
+    for (int j = 0; j < BK; j += 16) {
+        int rem = valid - j;
+        __mmask16 mk = rem >= 16 ? 0xffff : rem <= 0 ? 0 : (__mmask16)((1u << rem) - 1);
+        __m512 x = _mm512_fmsub_ps(_mm512_load_ps(s + j), vs, vm);
+        __m512 p = _mm512_maskz_mov_ps(mk, exp512(x));
+        _mm512_store_ps(s + j, p);
+        acc = _mm512_add_ps(acc, p);
+    }
+    sum = _mm512_reduce_add_ps(acc);
+#else
+    for (int j = 0; j < BK; j++) {
+        float p = j < valid ? expf(s[j] * scale - m_new) : 0.0f;
+        s[j] = p;
+        sum += p;
+    }
+#endif
+    *l = *l * corr + sum;
+    *m = m_new;
+    return corr;
+}
+
+static void attend_item(float *out, const float *q, const float *k, const float *v,
+                        const dm_attn_args *a, int64_t qs, int64_t ks, int64_t vs, int64_t os,
+                        const attn_item *it, int h, float *S, float *kT, float *acc, float *mrow,
+                        float *lrow) {
+    const int Dk = a->Dk, Dv = a->Dv;
+    const int g = h / (a->H / a->Hkv);
+    const int64_t nq = it->q1 - it->q0;
+    const int64_t shift = a->Tk - a->Tq; /* absolute position of query 0 */
+    /* Keys this block needs: up to the last row's limit. */
+    int64_t khi = it->k1;
+    if (a->causal && shift + it->q1 < khi) khi = shift + it->q1;
+    for (int64_t i = 0; i < nq; i++) {
+        mrow[i] = -INFINITY;
+        lrow[i] = 0.0f;
+    }
+    memset(acc, 0, (size_t)BQ * Dv * sizeof(float));
+    const float *kbase = k + (int64_t)g * Dk;
+    const float *vbase = v + (int64_t)g * Dv;
+    const float *qbase = q + (int64_t)h * Dk;
+
+    for (int64_t kb = it->k0; kb < khi; kb += BK) {
+        int nk = (int)(khi - kb < BK ? khi - kb : BK);
+        /* K block transposed, zero-padded to BK columns. */
+        for (int d = 0; d < Dk; d++) {
+            float *row = kT + (int64_t)d * BK;
+            for (int j = 0; j < nk; j++) row[j] = kbase[(kb + j) * ks + d];
+            for (int j = nk; j < BK; j++) row[j] = 0.0f;
+        }
+        for (int64_t i = 0; i < nq; i += 4) {
+#if defined(__AVX512F__)
+            const float *qrow[4];
+            for (int r = 0; r < 4; r++) {
+                int64_t ii = i + r < nq ? i + r : i;
+                qrow[r] = qbase + (it->q0 + ii) * qs;
+            }
+            qk_block(S + i * BK, qrow, kT, Dk);
+#else
+            for (int64_t r = i; r < i + 4 && r < nq; r++) {
+                const float *qr = qbase + (it->q0 + r) * qs;
+                float *sr = S + r * BK;
+                for (int j = 0; j < BK; j++) sr[j] = 0.0f;
+                for (int d = 0; d < Dk; d++) {
+                    const float qd = qr[d];
+                    const float *kd = kT + (int64_t)d * BK;
+#pragma omp simd
+                    for (int j = 0; j < BK; j++) sr[j] += qd * kd[j];
+                }
+            }
+#endif
+        }
+        for (int64_t i = 0; i < nq; i++) {
+            int64_t lim = khi; /* exclusive key limit for this row */
+            if (a->causal && shift + it->q0 + i + 1 < lim) lim = shift + it->q0 + i + 1;
+            int64_t valid = lim - kb;
+            if (valid > nk) valid = nk;
+            if (valid < 0) valid = 0;
+            float corr = softmax_row(S + i * BK, (int)valid, a->scale, &mrow[i], &lrow[i]);
+            if (corr != 1.0f) {
+                float *ar = acc + i * Dv;
+#pragma omp simd
+                for (int c = 0; c < Dv; c++) ar[c] *= corr;
+            }
+        }
+        const float *vblk = vbase + kb * vs;
+        for (int64_t i = 0; i < nq; i += 4) {
+#if defined(__AVX512F__)
+            if (nq - i >= 4) {
+                pv_block(acc + i * Dv, S + i * BK, vblk, vs, nk, Dv);
+                continue;
+            }
+#endif
+            for (int64_t r = i; r < i + 4 && r < nq; r++) {
+                float *ar = acc + r * Dv;
+                const float *pr = S + r * BK;
+                for (int j = 0; j < nk; j++) {
+                    const float p = pr[j];
+                    const float *vj = vblk + (int64_t)j * vs;
+#pragma omp simd
+                    for (int c = 0; c < Dv; c++) ar[c] += p * vj[c];
+                }
+            }
+        }
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        float inv = 1.0f / lrow[i];
+        float *o = out + (it->q0 + i) * os + (int64_t)h * Dv;
+        const float *ar = acc + i * Dv;
+#pragma omp simd
+        for (int c = 0; c < Dv; c++) o[c] = ar[c] * inv;
+    }
+}
+
+dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
+                            const dm_attn_args *a) {
+    if (!out || !q || !k || !v || !a) return dm_fail(DM_ERR_VALUE, "attention: NULL pointer");
+    if (a->Tq < 0 || a->Tk < 0 || a->H <= 0 || a->Hkv <= 0 || a->Dk <= 0 || a->Dv <= 0)
+        return dm_fail(DM_ERR_VALUE, "attention: bad sizes Tq=%lld Tk=%lld H=%d Hkv=%d Dk=%d Dv=%d",
+                       (long long)a->Tq, (long long)a->Tk, a->H, a->Hkv, a->Dk, a->Dv);
+    if (a->H % a->Hkv != 0)
+        return dm_fail(DM_ERR_VALUE, "attention: %d query heads not a multiple of %d kv heads", a->H,
+                       a->Hkv);
+    if (a->causal && a->Tq > a->Tk)
+        return dm_fail(DM_ERR_VALUE, "attention: causal needs Tq <= Tk (got %lld > %lld)",
+                       (long long)a->Tq, (long long)a->Tk);
+    if (a->Tq == 0) return DM_OK;
+    if (a->Tk == 0) return dm_fail(DM_ERR_VALUE, "attention: no keys for %lld queries", (long long)a->Tq);
+    const int64_t qs = a->q_stride ? a->q_stride : (int64_t)a->H * a->Dk;
+    const int64_t ks = a->k_stride ? a->k_stride : (int64_t)a->Hkv * a->Dk;
+    const int64_t vs = a->v_stride ? a->v_stride : (int64_t)a->Hkv * a->Dv;
+    const int64_t os = a->out_stride ? a->out_stride : (int64_t)a->H * a->Dv;
+    if (qs < (int64_t)a->H * a->Dk || ks < (int64_t)a->Hkv * a->Dk || vs < (int64_t)a->Hkv * a->Dv ||
+        os < (int64_t)a->H * a->Dv)
+        return dm_fail(DM_ERR_VALUE, "attention: row stride smaller than the row");
+
+    int64_t n_seg = (a->segments && a->n_seg > 0) ? a->n_seg : 1;
+    if (a->segments && a->n_seg > 0) {
+        if (a->Tq != a->Tk)
+            return dm_fail(DM_ERR_VALUE, "attention: segments need Tq == Tk (got %lld, %lld)",
+                           (long long)a->Tq, (long long)a->Tk);
+        if (a->segments[0] != 0 || a->segments[n_seg] != a->Tk)
+            return dm_fail(DM_ERR_VALUE, "attention: segments must run from 0 to Tk=%lld",
+                           (long long)a->Tk);
+        for (int64_t s = 0; s < n_seg; s++)
+            if (a->segments[s + 1] <= a->segments[s])
+                return dm_fail(DM_ERR_VALUE, "attention: segment boundaries must increase (at %lld)",
+                               (long long)s);
+    }
+
+    /* Work items: query blocks that never cross a segment boundary. */
+    int64_t n_items = 0;
+    for (int64_t s = 0; s < n_seg; s++) {
+        int64_t lo = a->segments && a->n_seg > 0 ? a->segments[s] : 0;
+        int64_t hi = a->segments && a->n_seg > 0 ? a->segments[s + 1] : a->Tq;
+        n_items += (hi - lo + BQ - 1) / BQ;
+    }
+    attn_item *items = dm_alloc((size_t)n_items, sizeof(attn_item), "attention work list");
+    if (!items) return DM_ERR_NOMEM;
+    n_items = 0;
+    for (int64_t s = 0; s < n_seg; s++) {
+        int has = a->segments && a->n_seg > 0;
+        int64_t lo = has ? a->segments[s] : 0, hi = has ? a->segments[s + 1] : a->Tq;
+        int64_t klo = has ? lo : 0, khi = has ? hi : a->Tk;
+        for (int64_t r = lo; r < hi; r += BQ) {
+            items[n_items].q0 = r;
+            items[n_items].q1 = r + BQ < hi ? r + BQ : hi;
+            items[n_items].k0 = klo;
+            items[n_items].k1 = khi;
+            n_items++;
+        }
+    }
+
+    int nt = omp_get_max_threads();
+    size_t per = (size_t)BQ * BK + (size_t)a->Dk * BK + (size_t)BQ * a->Dv + 2 * BQ;
+    per = (per + 15) / 16 * 16; /* keep every thread's buffers 64-byte aligned */
+    float *scratch = dm_alloc((size_t)nt * per, sizeof(float), "attention scratch");
+    if (!scratch) {
+        dm_free(items);
+        return DM_ERR_NOMEM;
+    }
+    const int64_t total = n_items * a->H;
+#pragma omp parallel num_threads(nt)
+    {
+        float *S = scratch + (size_t)omp_get_thread_num() * per;
+        float *kT = S + BQ * BK;
+        float *acc = kT + (size_t)a->Dk * BK;
+        float *mrow = acc + (size_t)BQ * a->Dv;
+        float *lrow = mrow + BQ;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t w = 0; w < total; w++)
+            attend_item(out, q, k, v, a, qs, ks, vs, os, &items[w / a->H], (int)(w % a->H), S, kT,
+                        acc, mrow, lrow);
+    }
+    dm_free(scratch);
+    dm_free(items);
+    return DM_OK;
+}

@@ -1,0 +1,37 @@
+/* Streaming (flash-attention style) multi-head attention, f32, shared by the
+ * vision tower (windows / whole image) and the language model (causal, KV cache).
+ *
+ *   out[i, h, :] = softmax_j(scale * q[i, h, :] . k[j, g, :]) v[j, g, :],  g = h / (H / Hkv)
+ *
+ * Keys are visited in blocks with an online softmax, so memory is O(block) per
+ * thread, never a Tq x Tk matrix. Work is split over (query block x head). */
+#ifndef DM_OPS_ATTENTION_H
+#define DM_OPS_ATTENTION_H
+
+#include <stdint.h>
+
+#include "core/status.h"
+
+typedef struct {
+    int64_t Tq, Tk;        /* query and key token counts */
+    int H, Hkv;            /* query heads, key/value heads (H % Hkv == 0) */
+    int Dk, Dv;            /* head dims of q/k and of v/out */
+    /* Row strides in elements between consecutive tokens; 0 means packed
+     * (H*Dk for q, Hkv*Dk for k, Hkv*Dv for v, H*Dv for out). Head h of token i
+     * lives at base + i*stride + h*D. */
+    int64_t q_stride, k_stride, v_stride, out_stride;
+    float scale;
+    /* Causal: query i sits at absolute position Tk - Tq + i and sees keys
+     * j <= that position (requires Tq <= Tk). */
+    int causal;
+    /* Optional segments: n_seg + 1 increasing boundaries, segments[0] = 0,
+     * segments[n_seg] = Tk; requires Tq == Tk. A query sees only keys of its own
+     * segment (vision windows). NULL / n_seg = 0: one segment. */
+    const int64_t *segments;
+    int64_t n_seg;
+} dm_attn_args;
+
+dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
+                            const dm_attn_args *a);
+
+#endif

@@ -1,0 +1,115 @@
+"""The streaming attention kernel against PyTorch (explicit softmax and SDPA).
+
+Tolerance: the kernel is f32 throughout (online softmax with a ~1-ulp exp, f32
+accumulation in a different order than PyTorch's); the reference runs in float64,
+so the only error is f32 rounding over sums of <= a few hundred terms. We allow
+2e-5 x max|ref| + 2e-6 absolute, i.e. the 1e-5 relative class with a factor 2 for
+the summation length; a wrong mask, head mapping or softmax would be off by O(1).
+"""
+import numpy as np
+import pytest
+import torch
+
+from densemllm import _core
+
+
+def reference(q, k, v, scale, causal=False, segments=None):
+    """Explicit float64 softmax attention written from the definition."""
+    q = torch.from_numpy(q).double()
+    k = torch.from_numpy(k).double()
+    v = torch.from_numpy(v).double()
+    tq, h, _ = q.shape
+    tk, hkv, _ = k.shape
+    rep = h // hkv
+    k = k.repeat_interleave(rep, dim=1)  # head h uses kv head h // rep
+    v = v.repeat_interleave(rep, dim=1)
+    s = torch.einsum("ihd,jhd->hij", q, k) * scale
+    mask = torch.ones(tq, tk, dtype=torch.bool)
+    if causal:
+        pos = torch.arange(tq)[:, None] + (tk - tq)
+        mask &= torch.arange(tk)[None, :] <= pos
+    if segments is not None:
+        seg_id = torch.bucketize(torch.arange(tk), torch.tensor(segments[1:]), right=True)
+        mask &= seg_id[:, None] == seg_id[None, :]
+    s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    return torch.einsum("hij,jhd->ihd", p, v).numpy()
+
+
+def rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def check(out, ref):
+    err = np.abs(out - ref).max()
+    tol = 2e-5 * np.abs(ref).max() + 2e-6
+    assert err <= tol, f"max abs err {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize(
+    "tq,tk,h,hkv,dk,dv,causal",
+    [
+        (1, 1, 1, 1, 8, 8, False),
+        (37, 37, 4, 4, 72, 72, False),  # vision head dim, not a whole block
+        (130, 130, 3, 1, 16, 24, False),  # multi-query, Dk != Dv, 3 blocks
+        (70, 200, 8, 2, 48, 32, True),  # GQA, causal with Tq < Tk (KV cache)
+        (1, 300, 4, 4, 192, 128, True),  # decoding one token, LLM head dims
+        (129, 129, 2, 2, 40, 40, True),  # causal prefill, block edges
+    ],
+)
+def test_attention_matches_reference(tq, tk, h, hkv, dk, dv, causal):
+    rng = np.random.default_rng(tq * 1000 + tk)
+    # Scale 3 on q makes softmax peaky, so masking or max-tracking mistakes show.
+    q, k, v = rand(rng, tq, h, dk, scale=3.0), rand(rng, tk, hkv, dk), rand(rng, tk, hkv, dv)
+    scale = dk ** -0.5
+    out = _core.attention(q, k, v, scale=scale, causal=causal)
+    assert out.shape == (tq, h, dv) and out.dtype == np.float32
+    check(out, reference(q, k, v, scale, causal))
+
+
+def test_attention_matches_sdpa():
+    rng = np.random.default_rng(1)
+    q, k, v = rand(rng, 90, 4, 32), rand(rng, 90, 4, 32), rand(rng, 90, 4, 32)
+    out = _core.attention(q, k, v, scale=32 ** -0.5, causal=True)
+    t = lambda a: torch.from_numpy(a).double().transpose(0, 1)
+    ref = torch.nn.functional.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True)
+    check(out, ref.transpose(0, 1).numpy())
+
+
+@pytest.mark.parametrize("segments", [[0, 5, 70, 71, 150], [0, 64, 128, 192], [0, 200]])
+def test_attention_segments(segments):
+    rng = np.random.default_rng(len(segments))
+    t = segments[-1]
+    q, k, v = rand(rng, t, 2, 72, scale=2.0), rand(rng, t, 2, 72), rand(rng, t, 2, 72)
+    out = _core.attention(q, k, v, scale=72 ** -0.5, segments=np.array(segments))
+    check(out, reference(q, k, v, 72 ** -0.5, segments=segments))
+    # causal inside segments combines both masks
+    out = _core.attention(q, k, v, scale=0.1, causal=True, segments=segments)
+    check(out, reference(q, k, v, 0.1, causal=True, segments=segments))
+
+
+def test_attention_large_scores_stable():
+    # Scores of order 1e3: a softmax without max subtraction would overflow.
+    rng = np.random.default_rng(3)
+    q, k, v = rand(rng, 100, 2, 16, scale=30.0), rand(rng, 100, 2, 16, scale=30.0), rand(rng, 100, 2, 16)
+    out = _core.attention(q, k, v, scale=1.0)
+    assert np.isfinite(out).all()
+    check(out, reference(q, k, v, 1.0))
+
+
+def test_attention_bad_inputs():
+    z = np.zeros((4, 2, 8), np.float32)
+    with pytest.raises(TypeError):
+        _core.attention(z.astype(np.float64), z, z, scale=1.0)
+    with pytest.raises(ValueError):
+        _core.attention(z, np.zeros((4, 3, 8), np.float32), np.zeros((4, 3, 8), np.float32), scale=1.0)
+    with pytest.raises(ValueError):
+        _core.attention(z, z[:, :, :4].copy(), z, scale=1.0)
+    with pytest.raises(ValueError):
+        _core.attention(z, z[:2].copy(), z[:2].copy(), scale=1.0, causal=True)
+    with pytest.raises(ValueError):
+        _core.attention(z, z, z, scale=1.0, segments=[0, 3, 2, 4])
+    with pytest.raises(ValueError):
+        _core.attention(z, z, z, scale=1.0, segments=[0, 3])
+    with pytest.raises(ValueError):
+        _core.attention(z, z, z[:, :, ::2], scale=1.0)  # not contiguous
