@@ -69,41 +69,72 @@ static void qk_block(float *S, const float *const *qrow, const float *kT, int Dk
         for (int x = 0; x < 4; x++) _mm512_store_ps(S + r * BK + 16 * x, c[r][x]);
 }
 
-/* acc[r][:] += sum_j P[r][j] v_j[:] for 4 rows, Dv in chunks of 32 (masked tail). */
+/* acc[r][:] += sum_j P[r][j] v_j[:] for 4 rows; Dv in chunks of up to 5 vectors
+ * (20 accumulators) so that Dv = 72 wastes only 8 of 80 lanes. */
 static void pv_block(float *acc, const float *P, const float *v, int64_t vs, int nk, int Dv) {
-    for (int c0 = 0; c0 < Dv; c0 += 32) {
-        int rem = Dv - c0;
-        __mmask16 m0 = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
-        __mmask16 m1 = rem >= 32 ? 0xffff : rem <= 16 ? 0 : (__mmask16)((1u << (rem - 16)) - 1);
-        __m512 a[4][2];
-        for (int r = 0; r < 4; r++) {
-            a[r][0] = _mm512_maskz_loadu_ps(m0, acc + (int64_t)r * Dv + c0);
-            a[r][1] = _mm512_maskz_loadu_ps(m1, acc + (int64_t)r * Dv + c0 + 16);
+    for (int c0 = 0; c0 < Dv; c0 += 80) {
+        __mmask16 mk[5];
+        int nv = 0;
+        for (int x = 0; x < 5; x++) {
+            int rem = Dv - c0 - 16 * x;
+            mk[x] = rem >= 16 ? 0xffff : rem <= 0 ? 0 : (__mmask16)((1u << rem) - 1);
+            if (rem > 0) nv = x + 1;
         }
-        for (int j = 0; j < nk; j++) {
-            const float *vj = v + (int64_t)j * vs + c0;
-            __m512 v0 = _mm512_maskz_loadu_ps(m0, vj);
-            __m512 v1 = _mm512_maskz_loadu_ps(m1, vj + 16);
-            for (int r = 0; r < 4; r++) {
-                __m512 b = _mm512_set1_ps(P[r * BK + j]);
-                a[r][0] = _mm512_fmadd_ps(b, v0, a[r][0]);
-                a[r][1] = _mm512_fmadd_ps(b, v1, a[r][1]);
-            }
+        __m512 a[4][5];
+        for (int r = 0; r < 4; r++)
+            for (int x = 0; x < 5; x++)
+                a[r][x] = x < nv ? _mm512_maskz_loadu_ps(mk[x], acc + (int64_t)r * Dv + c0 + 16 * x)
+                                 : _mm512_setzero_ps();
+#define DM_PV_LOOP(NV)                                                                  \
+    for (int j = 0; j < nk; j++) {                                                      \
+        const float *vj = v + (int64_t)j * vs + c0;                                     \
+        __m512 vv[5];                                                                   \
+        for (int x = 0; x < NV; x++) vv[x] = _mm512_maskz_loadu_ps(mk[x], vj + 16 * x); \
+        for (int r = 0; r < 4; r++) {                                                   \
+            __m512 b = _mm512_set1_ps(P[r * BK + j]);                                   \
+            for (int x = 0; x < NV; x++) a[r][x] = _mm512_fmadd_ps(b, vv[x], a[r][x]);  \
+        }                                                                               \
+    }
+        /* constant trip counts so the accumulators stay in registers */
+        switch (nv) {
+        case 1: DM_PV_LOOP(1) break;
+        case 2: DM_PV_LOOP(2) break;
+        case 3: DM_PV_LOOP(3) break;
+        case 4: DM_PV_LOOP(4) break;
+        default: DM_PV_LOOP(5) break;
         }
-        for (int r = 0; r < 4; r++) {
-            _mm512_mask_storeu_ps(acc + (int64_t)r * Dv + c0, m0, a[r][0]);
-            _mm512_mask_storeu_ps(acc + (int64_t)r * Dv + c0 + 16, m1, a[r][1]);
-        }
+#undef DM_PV_LOOP
+        for (int r = 0; r < 4; r++)
+            for (int x = 0; x < nv; x++)
+                _mm512_mask_storeu_ps(acc + (int64_t)r * Dv + c0 + 16 * x, mk[x], a[r][x]);
     }
 }
 #endif
 
-/* Online-softmax update of one row: s[0..BK) raw scores, entries j >= valid are
- * masked. Overwrites s with the probabilities (0 for masked), returns the factor
- * the old accumulator must be multiplied by. */
-static inline float softmax_row(float *s, int valid, float scale, float *m, float *l) {
+/* Online-softmax update of one row: s[0..BK) raw scores, only entries in
+ * [lo, hi) are visible. Overwrites s with the probabilities (0 for masked),
+ * returns the factor the old accumulator must be multiplied by. */
+static inline float softmax_row(float *s, int lo, int hi, float scale, float *m, float *l) {
     float mx = -INFINITY;
-    for (int j = 0; j < valid; j++) mx = fmaxf(mx, s[j] * scale);
+#if defined(__AVX512F__)
+    __mmask16 mks[BK / 16];
+    __m512 vmx = _mm512_set1_ps(-INFINITY);
+    for (int x = 0; x < BK / 16; x++) {
+        int j = 16 * x;
+        uint32_t bits = 0xffffu;
+        if (hi - j < 16) bits = hi - j <= 0 ? 0 : (bits >> (16 - (hi - j)));
+        if (lo > j) bits &= lo - j >= 16 ? 0 : (0xffffu << (lo - j));
+        mks[x] = (__mmask16)bits;
+        vmx = _mm512_mask_max_ps(vmx, mks[x], vmx, _mm512_load_ps(s + j));
+    }
+    mx = _mm512_reduce_max_ps(vmx) * scale; /* scale > 0 keeps the argmax */
+    if (scale <= 0.0f) {
+        mx = -INFINITY;
+        for (int j = lo; j < hi; j++) mx = fmaxf(mx, s[j] * scale);
+    }
+#else
+    for (int j = lo; j < hi; j++) mx = fmaxf(mx, s[j] * scale);
+#endif
     float m_new = fmaxf(*m, mx);
     if (m_new == -INFINITY) { /* nothing visible yet in this row */
         memset(s, 0, BK * sizeof(float));
@@ -113,18 +144,16 @@ static inline float softmax_row(float *s, int valid, float scale, float *m, floa
     float sum = 0.0f;
 #if defined(__AVX512F__)
     __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(m_new), acc = _mm512_setzero_ps();
-    for (int j = 0; j < BK; j += 16) {
-        int rem = valid - j;
-        __mmask16 mk = rem >= 16 ? 0xffff : rem <= 0 ? 0 : (__mmask16)((1u << rem) - 1);
-        __m512 x = _mm512_fmsub_ps(_mm512_load_ps(s + j), vs, vm);
-        __m512 p = _mm512_maskz_mov_ps(mk, exp512(x));
-        _mm512_store_ps(s + j, p);
+    for (int x = 0; x < BK / 16; x++) {
+        __m512 xx = _mm512_fmsub_ps(_mm512_load_ps(s + 16 * x), vs, vm);
+        __m512 p = _mm512_maskz_mov_ps(mks[x], exp512(xx));
+        _mm512_store_ps(s + 16 * x, p);
         acc = _mm512_add_ps(acc, p);
     }
     sum = _mm512_reduce_add_ps(acc);
 #else
     for (int j = 0; j < BK; j++) {
-        float p = j < valid ? expf(s[j] * scale - m_new) : 0.0f;
+        float p = (j >= lo && j < hi) ? expf(s[j] * scale - m_new) : 0.0f;
         s[j] = p;
         sum += p;
     }
@@ -134,10 +163,20 @@ static inline float softmax_row(float *s, int valid, float scale, float *m, floa
     return corr;
 }
 
+/* Copy key block [kb, kb+nk) of kv head g to kT[Dk][BK], zero-padded. */
+static void transpose_block(float *kT, const float *k, int64_t ks, int g, int Dk, int64_t kb, int nk) {
+    const float *kbase = k + (int64_t)g * Dk;
+    for (int d = 0; d < Dk; d++) {
+        float *row = kT + (int64_t)d * BK;
+        for (int j = 0; j < nk; j++) row[j] = kbase[(kb + j) * ks + d];
+        for (int j = nk; j < BK; j++) row[j] = 0.0f;
+    }
+}
+
 static void attend_item(float *out, const float *q, const float *k, const float *v,
                         const dm_attn_args *a, int64_t qs, int64_t ks, int64_t vs, int64_t os,
-                        const attn_item *it, int h, float *S, float *kT, float *acc, float *mrow,
-                        float *lrow) {
+                        const attn_item *it, int h, const float *kT_all, int64_t nb, float *S,
+                        float *kT, float *acc, float *mrow, float *lrow) {
     const int Dk = a->Dk, Dv = a->Dv;
     const int g = h / (a->H / a->Hkv);
     const int64_t nq = it->q1 - it->q0;
@@ -150,18 +189,19 @@ static void attend_item(float *out, const float *q, const float *k, const float 
         lrow[i] = 0.0f;
     }
     memset(acc, 0, (size_t)BQ * Dv * sizeof(float));
-    const float *kbase = k + (int64_t)g * Dk;
     const float *vbase = v + (int64_t)g * Dv;
     const float *qbase = q + (int64_t)h * Dk;
 
-    for (int64_t kb = it->k0; kb < khi; kb += BK) {
+    /* With a pre-transposed K, blocks sit on multiples of BK and the keys before
+     * the segment start are masked; otherwise blocks start at the segment. */
+    int64_t kstart = kT_all ? it->k0 / BK * BK : it->k0;
+    for (int64_t kb = kstart; kb < khi; kb += BK) {
         int nk = (int)(khi - kb < BK ? khi - kb : BK);
-        /* K block transposed, zero-padded to BK columns. */
-        for (int d = 0; d < Dk; d++) {
-            float *row = kT + (int64_t)d * BK;
-            for (int j = 0; j < nk; j++) row[j] = kbase[(kb + j) * ks + d];
-            for (int j = nk; j < BK; j++) row[j] = 0.0f;
-        }
+        int jlo = it->k0 > kb ? (int)(it->k0 - kb) : 0;
+        if (kT_all)
+            kT = (float *)kT_all + ((int64_t)g * nb + kb / BK) * (int64_t)Dk * BK;
+        else
+            transpose_block(kT, k, ks, g, Dk, kb, nk);
         for (int64_t i = 0; i < nq; i += 4) {
 #if defined(__AVX512F__)
             const float *qrow[4];
@@ -189,26 +229,26 @@ static void attend_item(float *out, const float *q, const float *k, const float 
             if (a->causal && shift + it->q0 + i + 1 < lim) lim = shift + it->q0 + i + 1;
             int64_t valid = lim - kb;
             if (valid > nk) valid = nk;
-            if (valid < 0) valid = 0;
-            float corr = softmax_row(S + i * BK, (int)valid, a->scale, &mrow[i], &lrow[i]);
+            if (valid < jlo) valid = jlo;
+            float corr = softmax_row(S + i * BK, jlo, (int)valid, a->scale, &mrow[i], &lrow[i]);
             if (corr != 1.0f) {
                 float *ar = acc + i * Dv;
 #pragma omp simd
                 for (int c = 0; c < Dv; c++) ar[c] *= corr;
             }
         }
-        const float *vblk = vbase + kb * vs;
+        const float *vblk = vbase + (kb + jlo) * vs;
         for (int64_t i = 0; i < nq; i += 4) {
 #if defined(__AVX512F__)
             if (nq - i >= 4) {
-                pv_block(acc + i * Dv, S + i * BK, vblk, vs, nk, Dv);
+                pv_block(acc + i * Dv, S + i * BK + jlo, vblk, vs, nk - jlo, Dv);
                 continue;
             }
 #endif
             for (int64_t r = i; r < i + 4 && r < nq; r++) {
                 float *ar = acc + r * Dv;
-                const float *pr = S + r * BK;
-                for (int j = 0; j < nk; j++) {
+                const float *pr = S + r * BK + jlo;
+                for (int j = 0; j < nk - jlo; j++) {
                     const float p = pr[j];
                     const float *vj = vblk + (int64_t)j * vs;
 #pragma omp simd
@@ -293,6 +333,25 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
         dm_free(items);
         return DM_ERR_NOMEM;
     }
+    /* Several query blocks share each key block: transpose K once, up front
+     * (memory = one copy of K). A single query block (decoding) transposes on the fly. */
+    float *kT_all = NULL;
+    const int64_t nb = (a->Tk + BK - 1) / BK;
+    if (n_items > 1 || a->Tq > BQ) {
+        kT_all = dm_alloc((size_t)a->Hkv * nb * a->Dk * BK, sizeof(float), "attention K transpose");
+        if (!kT_all) {
+            dm_free(scratch);
+            dm_free(items);
+            return DM_ERR_NOMEM;
+        }
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t w = 0; w < a->Hkv * nb; w++) {
+            int64_t b = w % nb;
+            int g = (int)(w / nb);
+            int nk = (int)(a->Tk - b * BK < BK ? a->Tk - b * BK : BK);
+            transpose_block(kT_all + w * (int64_t)a->Dk * BK, k, ks, g, a->Dk, b * BK, nk);
+        }
+    }
     const int64_t total = n_items * a->H;
 #pragma omp parallel num_threads(nt)
     {
@@ -303,9 +362,10 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
         float *lrow = mrow + BQ;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t w = 0; w < total; w++)
-            attend_item(out, q, k, v, a, qs, ks, vs, os, &items[w / a->H], (int)(w % a->H), S, kT,
-                        acc, mrow, lrow);
+            attend_item(out, q, k, v, a, qs, ks, vs, os, &items[w / a->H], (int)(w % a->H), kT_all,
+                        nb, S, kT, acc, mrow, lrow);
     }
+    dm_free(kT_all);
     dm_free(scratch);
     dm_free(items);
     return DM_OK;
