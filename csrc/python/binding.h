@@ -35,6 +35,11 @@ int dm_py_backend(PyObject *obj, dm_backend *out);
 struct dm_checkpoint;
 struct dm_checkpoint *dm_py_checkpoint(PyObject *obj);
 
+/* The dm_session behind a densemllm._core.Session (TypeError + NULL otherwise;
+ * RuntimeError while another thread runs it). Borrowed. See model/session.h. */
+struct dm_session;
+struct dm_session *dm_py_session(PyObject *obj);
+
 int dm_py_register_core(PyObject *m);
 int dm_py_register_io(PyObject *m);
 int dm_py_register_vision(PyObject *m);
