@@ -1,0 +1,82 @@
+/* The Youtu / DeepSeek-MLA decoder language model (notes section 4).
+ *
+ * Per layer: RMSNorm -> MLA attention -> residual; RMSNorm -> SwiGLU MLP ->
+ * residual; then final RMSNorm and the (tied or untied) head. Weights are views
+ * into the checkpoint (bf16 in place); only the tiny norm vectors are widened.
+ *
+ * KV cache: per layer and token we keep the MLA latent after its RMSNorm
+ * (kv_lora_rank floats) followed by the rotated shared k_rot (qk_rope_head_dim
+ * floats), not per-head K/V (see docs/llm.md for the measured trade-off).
+ * Attention runs in one of two mathematically equal forms:
+ *   expanded: kv_b(latent) -> per-head K=[k_nope,k_rot], V, then attention
+ *             (cheaper when many queries share the keys: prefill);
+ *   absorbed: W_UK folded into q (q_nope . W_UK -> kv_lora), attention directly
+ *             over the cached latent rows (one shared "kv head" of width
+ *             kv_lora+rope), then W_UV applied to the result (decode: never
+ *             expands the cache). */
+#ifndef DM_MODEL_LLM_H
+#define DM_MODEL_LLM_H
+
+#include <stdint.h>
+
+#include "backend/matmul.h"
+#include "core/status.h"
+#include "core/tensor.h"
+#include "ops/rope.h"
+
+struct dm_checkpoint;
+
+typedef struct {
+    int64_t vocab, hidden, inter, n_layers, n_heads, n_kv_heads;
+    int64_t q_lora;   /* 0: direct q_proj */
+    int64_t kv_lora, nope, rope, vdim;
+    int64_t max_pos;
+    double eps;
+    int rope_interleave, attention_bias, tied;
+    int64_t image_token_id;
+    dm_rope1d_params rope_params;
+} dm_llm_config;
+
+typedef struct {
+    dm_tensor q_a, q_a_bias, q_b, q_proj, kv_a, kv_a_bias, kv_b, o, o_bias, gate, up, down;
+    float *in_norm, *post_norm, *q_a_norm, *kv_a_norm; /* owned f32 copies */
+} dm_llm_layer;
+
+enum { DM_ATTN_AUTO = 0, DM_ATTN_EXPANDED = 1, DM_ATTN_ABSORBED = 2 };
+
+typedef struct dm_llm {
+    dm_llm_config cfg;
+    int64_t kv_groups;  /* key/value head groups in kv_b (heads share one when < n_heads) */
+    dm_backend backend;
+    dm_tensor embed, head;
+    float *final_norm;
+    dm_llm_layer *layers;
+    float *inv_freq;
+    float attn_factor, scale;
+    int attn_mode; /* DM_ATTN_*: test/benchmark switch, AUTO picks by cost */
+} dm_llm;
+
+/* Build from a checkpoint (borrowed: must outlive the model). Every weight is
+ * checked for presence and shape; messages name the tensor. */
+dm_status dm_llm_create(const struct dm_checkpoint *c, const dm_llm_config *cfg, dm_backend backend,
+                        dm_llm **out);
+void dm_llm_free(dm_llm *m);
+
+/* Floats of KV cache per token (all layers). */
+int64_t dm_llm_kv_floats_per_token(const dm_llm *m);
+
+/* Run the decoder layers over T new tokens whose embeddings are x[T, hidden]
+ * (updated in place to the final normalised hidden states), at positions
+ * pos0.. pos0+T-1, reading and appending the cache kv[layer] (rows of
+ * kv_floats_per_layer; rows < pos0 already filled, room for pos0+T). */
+dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t pos0, float *const *kv);
+
+/* Embed ids into x[T, hidden], replacing image-pad rows in order by
+ * vision[n_vision, hidden] (count must match when vision is given). */
+dm_status dm_llm_embed(const dm_llm *m, const int64_t *ids, int64_t T, const float *vision,
+                       int64_t n_vision, float *x);
+
+/* logits[M, vocab] = head(x[M, hidden]) (x already final-normalised). */
+dm_status dm_llm_head(const dm_llm *m, const float *x, int64_t M, float *logits);
+
+#endif
