@@ -1,6 +1,7 @@
 """densemllm: standard multimodal LLMs (DenseMLLM / Youtu-VL) as dense predictors on the CPU."""
 from . import _core
 from .parse import rle_decode, rle_encode
+from .losses import ntpm_loss
 
 __version__ = "0.1.0"
 
@@ -21,3 +22,4 @@ def get_num_threads():
 
 __all__ = ["build_info", "set_num_threads", "get_num_threads", "__version__"]
 __all__ += ["rle_encode", "rle_decode"]
+__all__ += ["ntpm_loss"]

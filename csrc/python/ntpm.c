@@ -1,7 +1,151 @@
-/* Binding: ntpm (functions are added by the issue that builds this area). */
+/* Binding: the NTP-M loss family (densemllm/losses.py builds the CSR arrays). */
 #include "python/binding.h"
 
+#include <string.h>
+
+#include "core/threads.h"
+#include "dense/ntpm.h"
+
+static const char *const variant_names[NTPM_VARIANT_COUNT] = {
+    "ntpm", "bce", "individual", "balanced", "focal", "ohem", "ntp_ce",
+};
+
+/* Optional 1-D int64 array of length n (n < 0: any length); NULL pointer for None. */
+static int int64_array(PyObject *obj, const char *what, npy_intp n, const int64_t **data, npy_intp *len) {
+    *data = NULL;
+    if (len) *len = 0;
+    if (obj == Py_None) return 1;
+    if (!dm_py_check_array(obj, what, NPY_INT64, 1)) return 0;
+    npy_intp got = PyArray_DIM((PyArrayObject *)obj, 0);
+    if (n >= 0 && got != n) {
+        PyErr_Format(PyExc_ValueError, "%s: expected length %zd, got %zd", what, n, got);
+        return 0;
+    }
+    *data = PyArray_DATA((PyArrayObject *)obj);
+    if (len) *len = got;
+    return 1;
+}
+
+/* ntpm_loss(logits, pos_offsets, pos_ids, *, valid_mask=None, valid_offsets=None,
+ *           valid_ids=None, labels=None, k=32, variant="ntpm", reduction="sum",
+ *           gamma=2.0, alpha=0.25, ohem_ratio=3.0, bf16=False, threads=0,
+ *           grad=True, out=None)
+ *   -> (loss: float, token_losses: f32[L] | None, grad: f32[L, V] | None, n_active: int)
+ * token_losses is returned for reduction="none" only. */
+static PyObject *py_ntpm_loss(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"logits", "pos_offsets", "pos_ids", "valid_mask", "valid_offsets", "valid_ids",
+                             "labels", "k", "variant", "reduction", "gamma", "alpha", "ohem_ratio", "bf16",
+                             "threads", "grad", "out", NULL};
+    PyObject *logits_obj, *po_obj, *pi_obj, *mask_obj = Py_None, *vo_obj = Py_None, *vi_obj = Py_None,
+                                                  *labels_obj = Py_None, *out_obj = Py_None;
+    long long k = 32;
+    const char *variant = "ntpm", *reduction = "sum";
+    double gamma = 2.0, alpha = 0.25, ohem_ratio = 3.0;
+    int bf16 = 0, threads = 0, want_grad = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$OOOOLssdddpipO", kwlist, &logits_obj, &po_obj, &pi_obj,
+                                     &mask_obj, &vo_obj, &vi_obj, &labels_obj, &k, &variant, &reduction, &gamma,
+                                     &alpha, &ohem_ratio, &bf16, &threads, &want_grad, &out_obj))
+        return NULL;
+
+    ntpm_args a;
+    memset(&a, 0, sizeof a);
+    a.variant = NTPM_VARIANT_COUNT;
+    for (int v = 0; v < NTPM_VARIANT_COUNT; v++)
+        if (strcmp(variant, variant_names[v]) == 0) a.variant = (ntpm_variant)v;
+    if (a.variant == NTPM_VARIANT_COUNT)
+        return PyErr_Format(PyExc_ValueError,
+                            "variant must be one of 'ntpm', 'bce', 'individual', 'balanced', 'focal', "
+                            "'ohem', 'ntp_ce', got '%s'", variant);
+    if (strcmp(reduction, "sum") == 0) a.reduction = NTPM_REDUCE_SUM;
+    else if (strcmp(reduction, "mean") == 0) a.reduction = NTPM_REDUCE_MEAN;
+    else if (strcmp(reduction, "none") == 0) a.reduction = NTPM_REDUCE_NONE;
+    else return PyErr_Format(PyExc_ValueError, "reduction must be 'sum', 'mean' or 'none', got '%s'", reduction);
+    if (k < 0) return PyErr_Format(PyExc_ValueError, "k must be >= 0, got %lld", k);
+    if (threads < 0) return PyErr_Format(PyExc_ValueError, "threads must be >= 0, got %d", threads);
+
+    if (!dm_py_check_array(logits_obj, "logits", bf16 ? NPY_UINT16 : NPY_FLOAT32, 2)) return NULL;
+    PyArrayObject *logits = (PyArrayObject *)logits_obj;
+    npy_intp L = PyArray_DIM(logits, 0), V = PyArray_DIM(logits, 1);
+    if (V < 1) return PyErr_Format(PyExc_ValueError, "logits: need at least one vocabulary column");
+
+    npy_intp n_pos, n_valid;
+    if (po_obj == Py_None) return PyErr_Format(PyExc_TypeError, "pos_offsets: expected a numpy.ndarray, got None");
+    if (!int64_array(po_obj, "pos_offsets", L + 1, &a.pos_offsets, NULL)) return NULL;
+    if (pi_obj == Py_None) return PyErr_Format(PyExc_TypeError, "pos_ids: expected a numpy.ndarray, got None");
+    if (!int64_array(pi_obj, "pos_ids", -1, &a.pos_ids, &n_pos)) return NULL;
+    if (!int64_array(vo_obj, "valid_offsets", L + 1, &a.valid_offsets, NULL)) return NULL;
+    if (!int64_array(vi_obj, "valid_ids", -1, &a.valid_ids, &n_valid)) return NULL;
+    if ((vo_obj == Py_None) != (vi_obj == Py_None))
+        return PyErr_Format(PyExc_ValueError, "valid_offsets and valid_ids go together");
+    if (!int64_array(labels_obj, "labels", L, &a.labels, NULL)) return NULL;
+    if (mask_obj != Py_None) {
+        if (!dm_py_check_array(mask_obj, "valid_mask", NPY_UINT8, 1)) return NULL;
+        if (PyArray_DIM((PyArrayObject *)mask_obj, 0) != V)
+            return PyErr_Format(PyExc_ValueError, "valid_mask: expected length %zd (the vocabulary), got %zd", V,
+                                PyArray_DIM((PyArrayObject *)mask_obj, 0));
+        a.valid_mask = PyArray_DATA((PyArrayObject *)mask_obj);
+    }
+    a.L = L;
+    a.V = V;
+    a.n_pos = n_pos;
+    a.n_valid = n_valid;
+    a.k = k;
+    a.gamma = gamma;
+    a.alpha = alpha;
+    a.ohem_ratio = ohem_ratio;
+    a.threads = threads;
+    if (bf16) a.logits_bf16 = PyArray_DATA(logits);
+    else a.logits = PyArray_DATA(logits);
+
+    PyArrayObject *grad = NULL, *tl = NULL;
+    int grad_zeroed = 0;
+    if (want_grad) {
+        if (out_obj != Py_None) {
+            if (!dm_py_check_array(out_obj, "out", NPY_FLOAT32, 2)) return NULL;
+            grad = (PyArrayObject *)out_obj;
+            if (PyArray_DIM(grad, 0) != L || PyArray_DIM(grad, 1) != V)
+                return PyErr_Format(PyExc_ValueError, "out: expected shape (%zd, %zd)", L, V);
+            const char *g0 = PyArray_BYTES(grad), *l0 = PyArray_BYTES(logits);
+            if (g0 < l0 + PyArray_NBYTES(logits) && l0 < g0 + PyArray_NBYTES(grad))
+                return PyErr_Format(PyExc_ValueError, "out must not overlap logits");
+            if (!PyArray_ISWRITEABLE(grad)) return PyErr_Format(PyExc_ValueError, "out is read-only");
+            Py_INCREF(grad);
+        } else {
+            npy_intp dims[2] = {L, V};
+            /* zeros come from calloc: only the nonzero entries are written */
+            grad = (PyArrayObject *)PyArray_ZEROS(2, dims, NPY_FLOAT32, 0);
+            if (!grad) return NULL;
+            grad_zeroed = 1;
+        }
+    } else if (out_obj != Py_None) {
+        return PyErr_Format(PyExc_ValueError, "out given but grad=False");
+    }
+    if (a.reduction == NTPM_REDUCE_NONE) {
+        npy_intp dims[1] = {L};
+        tl = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+        if (!tl) { Py_XDECREF(grad); return NULL; }
+    }
+
+    double loss = 0;
+    int64_t n_active = 0;
+    dm_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = ntpm_forward_backward(&a, &loss, tl ? (float *)PyArray_DATA(tl) : NULL,
+                               grad ? (float *)PyArray_DATA(grad) : NULL, grad_zeroed, &n_active);
+    Py_END_ALLOW_THREADS
+    if (st != DM_OK) {
+        Py_XDECREF(grad);
+        Py_XDECREF(tl);
+        return dm_py_raise(st);
+    }
+    PyObject *tl_res = tl ? (PyObject *)tl : (Py_INCREF(Py_None), Py_None);
+    PyObject *g_res = grad ? (PyObject *)grad : (Py_INCREF(Py_None), Py_None);
+    return Py_BuildValue("(dNNL)", loss, tl_res, g_res, (long long)n_active);
+}
+
 static PyMethodDef ntpm_methods[] = {
+    {"ntpm_loss", (PyCFunction)(void (*)(void))py_ntpm_loss, METH_VARARGS | METH_KEYWORDS,
+     "NTP-M loss family, value and gradient (use densemllm.ntpm_loss)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,512 @@
+/* NTP-M loss and ablation losses: value + gradient, one token per OpenMP task.
+ * Definitions: docs/ntpm.md. Design notes:
+ * - Targets stay sparse. A per-thread [V] byte array marks the current token's
+ *   positives (and, for per-token valid sets, its valid ids) and is cleared again
+ *   through the same id lists, so a token costs O(V) and never O(V) allocations.
+ * - Top-k negatives: a bounded heap of size k whose root is the current worst kept
+ *   id. Scanning ids in increasing order, a later id with a logit equal to the
+ *   root's loses the tie (lower id wins), so once the heap is full a 64-wide block
+ *   is skipped unless some logit is > the root (or NaN): one vector compare per
+ *   element and no sort of V.
+ * - Per-element math is in double (it only runs on the selected terms for NTP-M),
+ *   token losses are summed in token order: results do not depend on threads. */
+#include "dense/ntpm.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/dtype.h"
+#include "core/threads.h"
+
+enum { MARK_POS = 1, MARK_VALID = 2, MARK_SEEN = 4 };
+
+/* softplus(x) = log(1 + e^x); -log(sigmoid(x)) = softplus(-x), -log(1 - sigmoid(x)) = softplus(x). */
+static inline double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+
+static inline double sigmoid(double x) {
+    if (x >= 0) return 1.0 / (1.0 + exp(-x));
+    double e = exp(x);
+    return e / (1.0 + e);
+}
+
+/* Heap order: "a is worse than b" = smaller logit, or equal logit and larger id. */
+static inline int worse(float za, int32_t ia, float zb, int32_t ib) {
+    return za < zb || (za == zb && ia > ib);
+}
+
+static void heap_push(float *hz, int32_t *hid, int64_t *n, float z, int32_t id) {
+    int64_t i = (*n)++;
+    while (i > 0) {
+        int64_t p = (i - 1) / 2;
+        if (!worse(z, id, hz[p], hid[p])) break;
+        hz[i] = hz[p];
+        hid[i] = hid[p];
+        i = p;
+    }
+    hz[i] = z;
+    hid[i] = id;
+}
+
+/* Replace the root (worst kept) by (z, id) and restore the heap. */
+static void heap_replace_root(float *hz, int32_t *hid, int64_t n, float z, int32_t id) {
+    int64_t i = 0;
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && worse(hz[c + 1], hid[c + 1], hz[c], hid[c])) c++;
+        if (!worse(hz[c], hid[c], z, id)) break;
+        hz[i] = hz[c];
+        hid[i] = hid[c];
+        i = c;
+    }
+    hz[i] = z;
+    hid[i] = id;
+}
+
+/* Offer (z, id) to a heap of capacity cap, ids in any order. */
+static inline void heap_offer(float *hz, int32_t *hid, int64_t *n, int64_t cap, float z, int32_t id) {
+    if (*n < cap) heap_push(hz, hid, n, z, id);
+    else if (cap > 0 && worse(hz[0], hid[0], z, id)) heap_replace_root(hz, hid, *n, z, id);
+}
+
+typedef struct {
+    uint8_t *marks;  /* [V], all zero between tokens */
+    float *row;      /* [V] f32 copy of a bf16 row, or NULL */
+    int32_t *neg;    /* [V] the token's valid negatives, or NULL if not needed */
+    int32_t *pos;    /* [max positives per token] deduplicated valid positives */
+    float *hz;       /* [heap capacity] */
+    int32_t *hid;
+} scratch;
+
+typedef struct {
+    atomic_int failed;
+    int64_t token;  /* lowest failing token; message below */
+    char msg[256];
+} errbox;
+
+static void err_record(errbox *e, int64_t token, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void err_record(errbox *e, int64_t token, const char *fmt, ...) {
+#pragma omp critical(ntpm_err)
+    {
+        if (!atomic_load(&e->failed) || token < e->token) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+            va_end(ap);
+            e->token = token;
+            atomic_store(&e->failed, 1);
+        }
+    }
+}
+
+/* Top-k of the valid non-positive ids of a full row (all valid, or a shared mask),
+ * scanning in id order. Returns the heap size, or -1 with *nan_at set. */
+static int64_t scan_topk_row(const float *z, int64_t V, const uint8_t *mask, const uint8_t *marks,
+                             int64_t cap, float *hz, int32_t *hid, int64_t *nan_at) {
+    int64_t n = 0, v = 0;
+    if (cap <= 0) return 0;
+    for (; v < V && n < cap; v++) { /* fill: every valid negative enters */
+        if ((mask && !mask[v]) || (marks[v] & MARK_POS)) continue;
+        if (z[v] != z[v]) { *nan_at = v; return -1; }
+        heap_push(hz, hid, &n, z[v], (int32_t)v);
+    }
+    float thr = hz[0];
+    while (v < V) {
+        int64_t end = v + 64 <= V ? v + 64 : V;
+        if (end - v == 64) {
+            /* !(x <= thr) is true for x > thr and for NaN: one compare per element. */
+            int hit = 0;
+            for (int j = 0; j < 64; j++) hit |= !(z[v + j] <= thr);
+            if (!hit) { v = end; continue; }
+        }
+        for (; v < end; v++) {
+            float x = z[v];
+            if (x <= thr) continue;
+            if ((mask && !mask[v]) || (marks[v] & MARK_POS)) continue;
+            if (x != x) { *nan_at = v; return -1; }
+            heap_replace_root(hz, hid, n, x, (int32_t)v);
+            thr = hz[0];
+        }
+    }
+    return n;
+}
+
+typedef struct {
+    const ntpm_args *a;
+    int64_t mask_count;  /* valid ids in the shared mask */
+    double scale;        /* 1 or 1 / n_active */
+} ctx;
+
+/* One token: returns its loss (0 when masked); writes its gradient row (scaled by
+ * c->scale) into g when g is not NULL (g is all zeros on entry). */
+static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *z, float *g,
+                              errbox *err) {
+    const ntpm_args *a = c->a;
+    const int64_t V = a->V;
+    const int per_token = a->valid_offsets != NULL;
+    const int64_t *vids = per_token ? a->valid_ids + a->valid_offsets[i] : NULL;
+    const int64_t nv = per_token ? a->valid_offsets[i + 1] - a->valid_offsets[i] : 0;
+    const int64_t *pids = a->pos_ids + a->pos_offsets[i];
+    const int64_t npl = a->pos_offsets[i + 1] - a->pos_offsets[i];
+    double loss = 0;
+
+    /* Valid set M_i and positives P_i = valid ids with y = 1 (deduplicated). */
+    int64_t nM;
+    if (per_token) {
+        nM = 0;
+        for (int64_t j = 0; j < nv; j++)
+            if (!(s->marks[vids[j]] & MARK_VALID)) { s->marks[vids[j]] |= MARK_VALID; nM++; }
+    } else {
+        nM = a->valid_mask ? c->mask_count : V;
+    }
+    int64_t np = 0;
+    for (int64_t j = 0; j < npl; j++) {
+        int64_t v = pids[j];
+        int valid = per_token ? (s->marks[v] & MARK_VALID) : (!a->valid_mask || a->valid_mask[v]);
+        if (!valid || (s->marks[v] & MARK_POS)) continue;
+        s->marks[v] |= MARK_POS;
+        s->pos[np++] = (int32_t)v;
+        if (z[v] != z[v]) {
+            err_record(err, i, "logits: NaN at token %lld, id %lld", (long long)i, (long long)v);
+            goto done;
+        }
+    }
+    const int64_t nC = nM - np; /* valid negatives (candidates) */
+    if (nM == 0) goto done;     /* wholly invalid token: masked */
+
+    /* The valid negatives as a list, for variants that use them all or when the
+     * valid set is a per-token list (ids in no particular order). */
+    const int needs_list = per_token || (a->variant != NTPM_VARIANT_NTPM && a->variant != NTPM_VARIANT_OHEM);
+    int64_t nneg = 0;
+    if (needs_list) {
+        if (per_token) {
+            for (int64_t j = 0; j < nv; j++) {
+                int64_t v = vids[j];
+                if (s->marks[v] & (MARK_POS | MARK_SEEN)) continue;
+                s->marks[v] |= MARK_SEEN;
+                s->neg[nneg++] = (int32_t)v;
+            }
+        } else {
+            for (int64_t v = 0; v < V; v++)
+                if ((!a->valid_mask || a->valid_mask[v]) && !(s->marks[v] & MARK_POS)) s->neg[nneg++] = (int32_t)v;
+        }
+        if (a->variant != NTPM_VARIANT_NTPM && a->variant != NTPM_VARIANT_OHEM)
+            for (int64_t j = 0; j < nneg; j++)
+                if (z[s->neg[j]] != z[s->neg[j]]) {
+                    err_record(err, i, "logits: NaN at token %lld, id %d", (long long)i, s->neg[j]);
+                    goto done;
+                }
+    }
+
+    const double sc = c->scale;
+    switch (a->variant) {
+    case NTPM_VARIANT_NTPM:
+    case NTPM_VARIANT_OHEM: {
+        int64_t cap;
+        if (a->variant == NTPM_VARIANT_NTPM) {
+            cap = a->k < nC ? a->k : nC;
+        } else {
+            double want = ceil(a->ohem_ratio * (double)(np > 0 ? np : 1));
+            cap = want < (double)nC ? (int64_t)want : nC;
+        }
+        int64_t nsel = 0;
+        if (per_token) {
+            for (int64_t j = 0; j < nneg; j++) {
+                float x = z[s->neg[j]];
+                if (x != x) {
+                    err_record(err, i, "logits: NaN at token %lld, id %d", (long long)i, s->neg[j]);
+                    goto done;
+                }
+                heap_offer(s->hz, s->hid, &nsel, cap, x, s->neg[j]);
+            }
+        } else {
+            int64_t nan_at = -1;
+            nsel = scan_topk_row(z, V, a->valid_mask, s->marks, cap, s->hz, s->hid, &nan_at);
+            if (nsel < 0) {
+                err_record(err, i, "logits: NaN at token %lld, id %lld", (long long)i, (long long)nan_at);
+                goto done;
+            }
+        }
+        double pos_div, neg_div;
+        if (a->variant == NTPM_VARIANT_NTPM) {
+            pos_div = (double)np;
+            neg_div = (double)nsel;
+        } else {
+            pos_div = neg_div = (double)(np + nsel);
+        }
+        double lp = 0, ln = 0;
+        for (int64_t j = 0; j < np; j++) {
+            double x = z[s->pos[j]];
+            lp += softplus(-x);
+            if (g) g[s->pos[j]] = (float)(-sigmoid(-x) / pos_div * sc);
+        }
+        for (int64_t j = 0; j < nsel; j++) {
+            double x = z[s->hid[j]];
+            ln += softplus(x);
+            if (g) g[s->hid[j]] = (float)(sigmoid(x) / neg_div * sc);
+        }
+        loss = (np ? lp / pos_div : 0) + (nsel ? ln / neg_div : 0);
+        break;
+    }
+    case NTPM_VARIANT_BCE:
+    case NTPM_VARIANT_INDIVIDUAL:
+    case NTPM_VARIANT_BALANCED: {
+        double wp, wn; /* loss = wp * sum_P softplus(-z) + wn * sum_C softplus(z) */
+        if (a->variant == NTPM_VARIANT_BCE) {
+            wp = wn = 1.0 / (double)nM;
+        } else if (a->variant == NTPM_VARIANT_INDIVIDUAL) {
+            wp = np ? 1.0 / (double)np : 0;
+            wn = nC ? 1.0 / (double)nC : 0;
+        } else { /* HED: beta = |C| / |M| weights the positives, 1 - beta the negatives */
+            wp = (double)nC / (double)nM / (double)nM;
+            wn = (double)np / (double)nM / (double)nM;
+        }
+        double lp = 0, ln = 0;
+        for (int64_t j = 0; j < np; j++) {
+            double x = z[s->pos[j]];
+            lp += softplus(-x);
+            if (g) g[s->pos[j]] = (float)(-sigmoid(-x) * wp * sc);
+        }
+        for (int64_t j = 0; j < nneg; j++) {
+            double x = z[s->neg[j]];
+            ln += softplus(x);
+            if (g) g[s->neg[j]] = (float)(sigmoid(x) * wn * sc);
+        }
+        loss = wp * lp + wn * ln;
+        break;
+    }
+    case NTPM_VARIANT_FOCAL: {
+        /* FL = -alpha_t (1 - p_t)^gamma log p_t with p_t = sigmoid(s z), s = +1 for a
+         * positive, -1 for a negative; dFL/dz = s alpha_t (gamma p_t q^gamma log p_t - q^(gamma+1)),
+         * q = 1 - p_t = sigmoid(-s z) (no q^(gamma-1), so finite at q = 0). */
+        const double gm = a->gamma, inv = 1.0 / (double)nM;
+        double sum = 0;
+        for (int64_t j = 0; j < np + nneg; j++) {
+            int is_pos = j < np;
+            int32_t v = is_pos ? s->pos[j] : s->neg[j - np];
+            double sg = is_pos ? 1.0 : -1.0, x = sg * (double)z[v];
+            double at = a->alpha < 0 ? 1.0 : (is_pos ? a->alpha : 1.0 - a->alpha);
+            double logp = -softplus(-x), q = sigmoid(-x), pt = sigmoid(x);
+            double qg = pow(q, gm);
+            sum += -at * qg * logp;
+            if (g) g[v] = (float)(sg * at * (gm * pt * qg * logp - qg * q) * inv * sc);
+        }
+        loss = sum * inv;
+        break;
+    }
+    case NTPM_VARIANT_NTP_CE: {
+        int64_t label = -1;
+        if (a->labels) {
+            label = a->labels[i];
+            if (label >= 0) {
+                int valid = per_token ? (s->marks[label] & MARK_VALID) : (!a->valid_mask || a->valid_mask[label]);
+                if (!valid) {
+                    err_record(err, i, "labels: label %lld of token %lld is not one of its valid ids",
+                               (long long)label, (long long)i);
+                    goto done;
+                }
+                if (z[label] != z[label]) {
+                    err_record(err, i, "logits: NaN at token %lld, id %lld", (long long)i, (long long)label);
+                    goto done;
+                }
+            }
+        } else if (np > 0) {
+            label = s->pos[0];
+        }
+        if (label < 0) goto done; /* no label: masked */
+        double m = -INFINITY;
+        for (int64_t j = 0; j < np; j++) m = fmax(m, z[s->pos[j]]);
+        for (int64_t j = 0; j < nneg; j++) m = fmax(m, z[s->neg[j]]);
+        double se = 0;
+        for (int64_t j = 0; j < np; j++) se += exp((double)z[s->pos[j]] - m);
+        for (int64_t j = 0; j < nneg; j++) se += exp((double)z[s->neg[j]] - m);
+        double lse = m + log(se);
+        loss = lse - (double)z[label];
+        if (g) {
+            for (int64_t j = 0; j < np; j++) g[s->pos[j]] = (float)(exp((double)z[s->pos[j]] - lse) * sc);
+            for (int64_t j = 0; j < nneg; j++) g[s->neg[j]] = (float)(exp((double)z[s->neg[j]] - lse) * sc);
+            /* p_label - 1 without cancellation */
+            g[label] = (float)(expm1((double)z[label] - lse) * sc);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+
+done:
+    for (int64_t j = 0; j < npl; j++) s->marks[pids[j]] = 0;
+    for (int64_t j = 0; j < nv; j++) s->marks[vids[j]] = 0;
+    return loss;
+}
+
+/* Sequential checks of sizes, offsets and ids; counts what the scratch needs. */
+static dm_status validate(const ntpm_args *a, int64_t *mask_count, int64_t *max_pos) {
+    if (a->L < 0 || a->V < 1 || a->V > INT32_MAX)
+        return dm_fail(DM_ERR_VALUE, "ntpm: need L >= 0 and 1 <= V < 2^31, got L=%lld V=%lld",
+                       (long long)a->L, (long long)a->V);
+    if ((a->logits == NULL) == (a->logits_bf16 == NULL))
+        return dm_fail(DM_ERR_VALUE, "ntpm: give exactly one of f32 or bf16 logits");
+    if ((unsigned)a->variant >= NTPM_VARIANT_COUNT)
+        return dm_fail(DM_ERR_VALUE, "ntpm: unknown variant %d", (int)a->variant);
+    if (a->reduction != NTPM_REDUCE_SUM && a->reduction != NTPM_REDUCE_MEAN && a->reduction != NTPM_REDUCE_NONE)
+        return dm_fail(DM_ERR_VALUE, "ntpm: unknown reduction %d", (int)a->reduction);
+    if (a->k < 0) return dm_fail(DM_ERR_VALUE, "ntpm: k must be >= 0, got %lld", (long long)a->k);
+    if (!(a->gamma >= 0) || isinf(a->gamma))
+        return dm_fail(DM_ERR_VALUE, "ntpm: gamma must be finite and >= 0, got %g", a->gamma);
+    if (!(a->alpha <= 1) || isnan(a->alpha))
+        return dm_fail(DM_ERR_VALUE, "ntpm: alpha must be <= 1 (negative disables it), got %g", a->alpha);
+    if (!(a->ohem_ratio > 0) || isinf(a->ohem_ratio))
+        return dm_fail(DM_ERR_VALUE, "ntpm: ohem_ratio must be finite and > 0, got %g", a->ohem_ratio);
+    if (a->valid_mask && a->valid_offsets)
+        return dm_fail(DM_ERR_VALUE, "ntpm: give a shared valid mask or per-token valid sets, not both");
+
+    const struct { const char *name; const int64_t *off, *ids; int64_t n; } lists[2] = {
+        {"positives", a->pos_offsets, a->pos_ids, a->n_pos},
+        {"valid", a->valid_offsets, a->valid_ids, a->n_valid},
+    };
+    *max_pos = 0;
+    for (int l = 0; l < 2; l++) {
+        const int64_t *off = lists[l].off;
+        if (!off) {
+            if (l == 0) return dm_fail(DM_ERR_VALUE, "ntpm: positives are required");
+            continue;
+        }
+        if (lists[l].n < 0 || (lists[l].n > 0 && !lists[l].ids))
+            return dm_fail(DM_ERR_VALUE, "ntpm: %s: bad id array", lists[l].name);
+        if (off[0] != 0 || off[a->L] != lists[l].n)
+            return dm_fail(DM_ERR_VALUE, "ntpm: %s offsets must start at 0 and end at %lld (the number of ids), got %lld..%lld",
+                           lists[l].name, (long long)lists[l].n, (long long)off[0], (long long)off[a->L]);
+        for (int64_t i = 0; i < a->L; i++) {
+            if (off[i + 1] < off[i])
+                return dm_fail(DM_ERR_VALUE, "ntpm: %s offsets decrease at token %lld", lists[l].name, (long long)i);
+            if (l == 0 && off[i + 1] - off[i] > *max_pos) *max_pos = off[i + 1] - off[i];
+        }
+        for (int64_t j = 0; j < lists[l].n; j++) {
+            int64_t v = lists[l].ids[j];
+            if (v < 0 || v >= a->V) {
+                int64_t tok = 0;
+                while (off[tok + 1] <= j) tok++;
+                return dm_fail(DM_ERR_VALUE, "ntpm: %s id %lld of token %lld is out of range [0, %lld)",
+                               lists[l].name, (long long)v, (long long)tok, (long long)a->V);
+            }
+        }
+    }
+    if (a->labels && a->variant == NTPM_VARIANT_NTP_CE)
+        for (int64_t i = 0; i < a->L; i++)
+            if (a->labels[i] < -1 || a->labels[i] >= a->V)
+                return dm_fail(DM_ERR_VALUE, "ntpm: label %lld of token %lld is out of range [0, %lld) (or -1 to ignore)",
+                               (long long)a->labels[i], (long long)i, (long long)a->V);
+    *mask_count = 0;
+    if (a->valid_mask)
+        for (int64_t v = 0; v < a->V; v++) *mask_count += a->valid_mask[v] != 0;
+    return DM_OK;
+}
+
+/* Whether token i is active (not masked); `marks` is a zeroed [V] scratch. */
+static int token_active(const ntpm_args *a, int64_t mask_count, int64_t i, uint8_t *marks) {
+    const int per_token = a->valid_offsets != NULL;
+    int64_t nv = per_token ? a->valid_offsets[i + 1] - a->valid_offsets[i] : 0;
+    if (per_token ? nv == 0 : (a->valid_mask && mask_count == 0)) return 0;
+    if (a->variant != NTPM_VARIANT_NTP_CE) return 1;
+    if (a->labels) return a->labels[i] >= 0;
+    /* ntp_ce without labels: active iff some positive is valid */
+    const int64_t *p = a->pos_ids + a->pos_offsets[i];
+    int64_t npl = a->pos_offsets[i + 1] - a->pos_offsets[i];
+    int found = 0;
+    if (!per_token) {
+        for (int64_t j = 0; j < npl && !found; j++) found = !a->valid_mask || a->valid_mask[p[j]];
+        return found;
+    }
+    const int64_t *vids = a->valid_ids + a->valid_offsets[i];
+    for (int64_t j = 0; j < nv; j++) marks[vids[j]] = 1;
+    for (int64_t j = 0; j < npl && !found; j++) found = marks[p[j]];
+    for (int64_t j = 0; j < nv; j++) marks[vids[j]] = 0;
+    return found;
+}
+
+dm_status ntpm_forward_backward(const ntpm_args *a, double *loss, float *token_loss, float *grad,
+                                int grad_zeroed, int64_t *n_active) {
+    int64_t mask_count = 0, max_pos = 0;
+    DM_TRY(validate(a, &mask_count, &max_pos));
+    const int64_t L = a->L, V = a->V;
+    dm_threads_enter();
+    int nt = a->threads > 0 ? a->threads : dm_get_num_threads();
+    if (nt > L) nt = L > 0 ? (int)L : 1;
+
+    /* Heap capacity: the most negatives any token can keep. */
+    int64_t cap = 0;
+    if (a->variant == NTPM_VARIANT_NTPM) {
+        cap = a->k < V ? a->k : V;
+    } else if (a->variant == NTPM_VARIANT_OHEM) {
+        double want = ceil(a->ohem_ratio * (double)(max_pos > 0 ? max_pos : 1));
+        cap = want < (double)V ? (int64_t)want : V;
+    }
+    const int needs_list = a->valid_offsets || (a->variant != NTPM_VARIANT_NTPM && a->variant != NTPM_VARIANT_OHEM);
+
+    dm_status st = DM_OK;
+    double *tl = NULL;
+    scratch *sc = dm_calloc((size_t)nt, sizeof(scratch), "ntpm scratch");
+    if (!sc) return DM_ERR_NOMEM;
+    tl = dm_alloc((size_t)(L > 0 ? L : 1), sizeof(double), "ntpm token losses");
+    if (!tl) { st = DM_ERR_NOMEM; goto out; }
+    for (int t = 0; t < nt; t++) {
+        scratch *s = &sc[t];
+        s->marks = dm_calloc((size_t)V, 1, "ntpm marks");
+        s->pos = dm_alloc((size_t)(max_pos > 0 ? max_pos : 1), sizeof(int32_t), "ntpm positives");
+        s->hz = dm_alloc((size_t)(cap > 0 ? cap : 1), sizeof(float), "ntpm heap");
+        s->hid = dm_alloc((size_t)(cap > 0 ? cap : 1), sizeof(int32_t), "ntpm heap");
+        if (!s->marks || !s->pos || !s->hz || !s->hid) { st = DM_ERR_NOMEM; goto out; }
+        if (a->logits_bf16 && !(s->row = dm_alloc((size_t)V, sizeof(float), "ntpm bf16 row"))) { st = DM_ERR_NOMEM; goto out; }
+        if (needs_list && !(s->neg = dm_alloc((size_t)V, sizeof(int32_t), "ntpm negatives"))) { st = DM_ERR_NOMEM; goto out; }
+    }
+
+    int64_t active = 0;
+    for (int64_t i = 0; i < L; i++) active += token_active(a, mask_count, i, sc[0].marks);
+    ctx c = {a, mask_count, 1.0};
+    if (a->reduction == NTPM_REDUCE_MEAN && active > 0) c.scale = 1.0 / (double)active;
+
+    errbox err = {0};
+    err.token = -1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t i = 0; i < L; i++) {
+        scratch *s = &sc[omp_get_thread_num()];
+        tl[i] = 0;
+        float *g = grad ? grad + i * V : NULL;
+        if (g && !grad_zeroed) memset(g, 0, (size_t)V * sizeof(float));
+        if (atomic_load(&err.failed)) continue;
+        const float *z = a->logits ? a->logits + i * V : s->row;
+        if (!a->logits) dm_bf16_to_f32_n(s->row, a->logits_bf16 + i * V, (size_t)V);
+        tl[i] = token_loss_grad(&c, s, i, z, g, &err);
+    }
+    if (atomic_load(&err.failed)) {
+        st = dm_fail(DM_ERR_VALUE, "ntpm: %s", err.msg);
+        goto out;
+    }
+    double total = 0;
+    for (int64_t i = 0; i < L; i++) total += tl[i];
+    if (a->reduction == NTPM_REDUCE_MEAN) total = active > 0 ? total / (double)active : 0.0;
+    if (loss) *loss = total;
+    if (token_loss)
+        for (int64_t i = 0; i < L; i++) token_loss[i] = (float)tl[i];
+    if (n_active) *n_active = active;
+
+out:
+    for (int t = 0; t < nt; t++) {
+        dm_free(sc[t].marks);
+        dm_free(sc[t].row);
+        dm_free(sc[t].neg);
+        dm_free(sc[t].pos);
+        dm_free(sc[t].hz);
+        dm_free(sc[t].hid);
+    }
+    dm_free(sc);
+    dm_free(tl);
+    return st;
+}

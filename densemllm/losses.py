@@ -1,0 +1,125 @@
+"""NTP-M, the multi-label next-token loss for vision tokens (paper Sec. 3.2), and the
+ablation losses of the paper's Tables 3-4. The work is done in C (csrc/dense/ntpm.c);
+this module only turns the user's sparse targets into CSR arrays. Exact definitions,
+tie-break and edge cases: docs/ntpm.md."""
+import operator
+
+import numpy as np
+
+from . import _core
+
+VARIANTS = ("ntpm", "bce", "individual", "balanced", "focal", "ohem", "ntp_ce")
+REDUCTIONS = ("sum", "mean", "none")
+
+
+def _id_array(a, what):
+    """A 1-D int64 array of ids from an integer array or sequence (no float/bool ids)."""
+    arr = np.asarray(a)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{what}: ids must be integers, got dtype {arr.dtype}")
+    if arr.ndim == 0:  # one id
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"{what}: expected a 1-D list of ids, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _csr(obj, L, what):
+    """(offsets [L+1], ids) int64 from a list of L id arrays or an (offsets, ids) tuple."""
+    if isinstance(obj, tuple):
+        if len(obj) != 2:
+            raise ValueError(f"{what}: a CSR tuple is (offsets, ids), got {len(obj)} items")
+        offsets = _id_array(obj[0], f"{what} offsets")
+        if len(offsets) != L + 1:
+            raise ValueError(f"{what}: offsets must have L + 1 = {L + 1} entries, got {len(offsets)}")
+        return offsets, _id_array(obj[1], f"{what} ids")
+    if isinstance(obj, np.ndarray) or not hasattr(obj, "__len__"):
+        raise TypeError(f"{what}: expected a list of {L} id arrays or an (offsets, ids) tuple, "
+                        f"got {type(obj).__name__}")
+    if len(obj) != L:
+        raise ValueError(f"{what}: expected {L} id lists (one per token), got {len(obj)}")
+    parts = [_id_array(p, f"{what}[{i}]") for i, p in enumerate(obj)]
+    offsets = np.zeros(L + 1, dtype=np.int64)
+    if L:
+        np.cumsum([len(p) for p in parts], out=offsets[1:])
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return offsets, np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def ntpm_loss(logits, positives, valid=None, k=32, reduction="sum", variant="ntpm", gamma=2.0,
+              alpha=0.25, ohem_ratio=3.0, labels=None, bf16=False, threads=None, grad=True, out=None):
+    """NTP-M loss (or an ablation variant) of vision-token logits, and its gradient.
+
+    logits: float32 [L, V] C-contiguous array (or the bf16 bit patterns as uint16
+        with bf16=True). Never copied.
+    positives: the multi-hot targets, sparse: a list of L integer id arrays, or a CSR
+        tuple (offsets int [L+1], ids int) (a tuple is always read as CSR). Duplicates count once; ids outside the
+        token's valid set are dropped (P_i is a subset of M_i).
+    valid: None (all ids valid), a bool/uint8 [V] mask shared by all tokens, or a
+        list of L id arrays / CSR tuple (per-token valid sets). Tokens with an empty
+        valid set are masked: loss 0, gradient 0, not counted by reduction="mean".
+    k: number of relevant negatives (top-k valid negatives by logit, lower id first
+        among equal logits); with fewer candidates all of them, averaged over their
+        number. variant: one of VARIANTS (see docs/ntpm.md). gamma, alpha: focal.
+        ohem_ratio: hardest ceil(ratio * max(|P_i|, 1)) negatives per token for "ohem".
+        labels: "ntp_ce" only, int [L] (-1 = ignore); default the first valid positive.
+    reduction: "sum" (default, Eq. 5), "mean" over active tokens, or "none".
+    threads: thread count for this call (default: densemllm.get_num_threads()).
+    grad: False to skip the gradient. out: optional float32 [L, V] buffer for it.
+
+    Returns (loss, grad): loss is a float (an f32 [L] array of token losses for
+    reduction="none"), grad the f32 [L, V] gradient of the (summed for "none") loss,
+    zero outside the selected terms, or None with grad=False.
+    """
+    if not isinstance(logits, np.ndarray):
+        raise TypeError(f"logits: expected a numpy.ndarray, got {type(logits).__name__}")
+    if logits.ndim != 2:
+        raise ValueError(f"logits: expected a 2-D [L, V] array, got shape {logits.shape}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__}") from None
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if threads is None:
+        threads = 0
+    else:
+        threads = operator.index(threads)
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+    L, V = logits.shape
+    pos_offsets, pos_ids = _csr(positives, L, "positives")
+    mask = valid_offsets = valid_ids = None
+    if valid is not None:
+        if isinstance(valid, np.ndarray):
+            if valid.ndim != 1 or valid.dtype not in (np.bool_, np.uint8):
+                raise TypeError(f"valid: an array must be a bool/uint8 [V] mask, got dtype {valid.dtype} "
+                                f"shape {valid.shape} (per-token sets: a list of id arrays or a CSR tuple)")
+            if valid.shape[0] != V:
+                raise ValueError(f"valid: the mask must have length V={V}, got {valid.shape[0]}")
+            mask = np.ascontiguousarray(valid, dtype=np.uint8)
+        else:
+            valid_offsets, valid_ids = _csr(valid, L, "valid")
+    if labels is not None:
+        if variant != "ntp_ce":
+            raise ValueError("labels only apply to variant='ntp_ce'")
+        labels = np.asarray(labels)
+        if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"labels: expected integers, got dtype {labels.dtype}")
+        if labels.shape != (L,):
+            raise ValueError(f"labels: expected shape ({L},), got {labels.shape}")
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+    loss, token_losses, g, _ = _core.ntpm_loss(
+        logits, pos_offsets, pos_ids, valid_mask=mask, valid_offsets=valid_offsets, valid_ids=valid_ids,
+        labels=labels, k=k, variant=variant, reduction=reduction, gamma=float(gamma), alpha=float(alpha),
+        ohem_ratio=float(ohem_ratio), bf16=bool(bf16), threads=threads, grad=bool(grad), out=out)
+    return (token_losses if reduction == "none" else loss), g
+
+
+__all__ = ["ntpm_loss", "VARIANTS", "REDUCTIONS"]
