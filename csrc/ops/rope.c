@@ -105,3 +105,43 @@ void rope1d_forward(float *x, int64_t T, int64_t n_heads, int64_t row_stride, in
         }
     }
 }
+
+/* ---- 2D rope (vision) ---- */
+
+void rope2d_tables(float *cos_t, float *sin_t, const int32_t *rows, const int32_t *cols, int64_t n,
+                   int head_dim, float theta) {
+    const int half = head_dim / 2, nq = head_dim / 4;
+    float inv_freq[512];
+    /* f32 like transformers: 1 / theta^(2j/half); head_dim <= 2048 checked by callers */
+    for (int j = 0; j < nq && j < 512; j++)
+        inv_freq[j] = (float)(1.0 / pow((double)theta, (double)(2 * j) / (double)half));
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        float *c = cos_t + t * half, *s = sin_t + t * half;
+        for (int j = 0; j < nq; j++) {
+            float a = (float)rows[t] * inv_freq[j], b = (float)cols[t] * inv_freq[j];
+            c[j] = cosf(a);
+            s[j] = sinf(a);
+            c[nq + j] = cosf(b);
+            s[nq + j] = sinf(b);
+        }
+    }
+}
+
+void rope2d_forward(float *x, int64_t n, int64_t n_heads, int64_t row_stride, int head_dim,
+                    const float *cos_t, const float *sin_t) {
+    const int half = head_dim / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        const float *c = cos_t + t * half, *s = sin_t + t * half;
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *v = x + t * row_stride + h * head_dim;
+#pragma omp simd
+            for (int i = 0; i < half; i++) {
+                float x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c[i] - x2 * s[i];
+                v[i + half] = x2 * c[i] + x1 * s[i];
+            }
+        }
+    }
+}

@@ -40,4 +40,16 @@ float rope1d_softmax_scale(const dm_rope1d_params *p, int qk_head_dim);
 void rope1d_forward(float *x, int64_t T, int64_t n_heads, int64_t row_stride, int64_t head_stride,
                     int dim, int64_t pos0, const float *inv_freq, float attn_factor, int interleave);
 
+/* 2D part (vision tower, Qwen2.5-VL style). With half = head_dim/2 and
+ * q = head_dim/4 frequencies f_j = theta^(-2j/half), token t gets the angles
+ * [rows[t]*f_0..f_{q-1}, cols[t]*f_0..f_{q-1}] (half of them); cos/sin tables
+ * are [n][half] f32. head_dim must be a multiple of 4. */
+void rope2d_tables(float *cos_t, float *sin_t, const int32_t *rows, const int32_t *cols, int64_t n,
+                   int head_dim, float theta);
+
+/* Rotate-half RoPE in place on x[t*row_stride + h*head_dim + 0..head_dim) for
+ * t < n, h < n_heads: dim i pairs with i + half, angle from the tables' row t. */
+void rope2d_forward(float *x, int64_t n, int64_t n_heads, int64_t row_stride, int head_dim,
+                    const float *cos_t, const float *sin_t);
+
 #endif
