@@ -1,5 +1,8 @@
 """densemllm: standard multimodal LLMs (DenseMLLM / Youtu-VL) as dense predictors on the CPU."""
 from . import _core
+from ._core import CheckpointError
+from .checkpoint import load
+from .model import Model
 from .parse import rle_decode, rle_encode
 from .losses import ntpm_loss
 
@@ -23,3 +26,4 @@ def get_num_threads():
 __all__ = ["build_info", "set_num_threads", "get_num_threads", "__version__"]
 __all__ += ["rle_encode", "rle_decode"]
 __all__ += ["ntpm_loss"]
+__all__ += ["load", "Model", "CheckpointError"]

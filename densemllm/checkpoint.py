@@ -1,0 +1,276 @@
+"""Finding, opening and checking the weight files of a checkpoint directory.
+
+``open_checkpoint(dir)`` -> ``_core.Checkpoint`` over ``model.safetensors`` or the
+shards named by ``model.safetensors.index.json`` (mmap'd and validated in C).
+``check_weights(ckpt, config)`` compares the tensors with what the config implies
+and raises one :class:`CheckpointError` listing every missing, unexpected,
+mis-shaped or non-float tensor by name.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ._core import Checkpoint, CheckpointError
+
+__all__ = [
+    "VISION_PREFIXES", "MERGER_PREFIXES", "find_weight_files", "open_checkpoint",
+    "expected_weights", "check_weights", "CheckpointError",
+]
+
+# Prefix alternatives seen in public loaders (notes section 1), first = released layout.
+VISION_PREFIXES = ("siglip2.vision_model.", "vision_model.")
+MERGER_PREFIXES = ("merger.", "vision_model.merger.")
+FLOAT_DTYPES = ("BF16", "F16", "F32")
+
+# SigLIP2 leftovers the architecture does not use (no learned position embedding)
+# and buffers some exporters save; present or not, they are ignored.
+_IGNORED = re.compile(
+    r"^(siglip2\.vision_model\.|vision_model\.)(embeddings\.position_embedding\..*|.*position_ids)$"
+    r"|(^|\.)rotary_emb\.inv_freq$"
+)
+
+
+def find_weight_files(path):
+    """List the safetensors files of a checkpoint directory (or a single file)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{index}: not valid JSON ({e})") from None
+        wm = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+            raise CheckpointError(f"{index}: missing or malformed 'weight_map'")
+        files = []
+        for shard in wm.values():
+            if shard not in files:
+                files.append(shard)
+        for shard in files:
+            if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+                raise CheckpointError(f"{index}: shard name {shard!r} is not a plain file name")
+        missing = [s for s in files if not (path / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shard(s) that do not exist in {path}: {', '.join(missing)}")
+        return [path / s for s in files]
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    shards = sorted(path.glob("model-*-of-*.safetensors"))
+    if shards:
+        return shards
+    raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
+
+
+def open_checkpoint(path):
+    """Open (mmap + validate) the weights of a checkpoint directory."""
+    path = Path(path)
+    files = find_weight_files(path)
+    ckpt = Checkpoint([str(f) for f in files])
+    index = path / "model.safetensors.index.json"
+    if path.is_dir() and index.is_file():
+        # The index must agree with the files: a name it places in one shard but
+        # found elsewhere (or nowhere) means the index and shards are mismatched.
+        wm = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        wrong = []
+        for name, shard in wm.items():
+            if name not in ckpt:
+                wrong.append(f"{name} (listed in {shard}, not found)")
+            elif Path(ckpt.info(name)[2]).name != shard:
+                wrong.append(f"{name} (listed in {shard}, found in {Path(ckpt.info(name)[2]).name})")
+        if wrong:
+            raise CheckpointError(f"{index} does not match the shards: " + "; ".join(wrong[:20])
+                                  + (f"; and {len(wrong) - 20} more" if len(wrong) > 20 else ""))
+    return ckpt
+
+
+def expected_weights(config):
+    """[(alternative full names, shape)] of every tensor the config requires."""
+    t, v = config.text, config.vision
+    out = []
+
+    def add(prefixes, name, shape):
+        out.append((tuple(p + name for p in prefixes), tuple(shape)))
+
+    # Vision tower.
+    h, f = v.hidden_size, v.intermediate_size
+    add(VISION_PREFIXES, "embeddings.patch_embedding.weight", (h, v.num_channels * v.patch_size ** 2))
+    add(VISION_PREFIXES, "embeddings.patch_embedding.bias", (h,))
+    for i in range(v.num_hidden_layers):
+        p = f"encoder.layers.{i}."
+        for ln in ("layer_norm1", "layer_norm2"):
+            add(VISION_PREFIXES, p + ln + ".weight", (h,))
+            add(VISION_PREFIXES, p + ln + ".bias", (h,))
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            add(VISION_PREFIXES, p + f"self_attn.{proj}.weight", (h, h))
+            add(VISION_PREFIXES, p + f"self_attn.{proj}.bias", (h,))
+        add(VISION_PREFIXES, p + "mlp.fc1.weight", (f, h))
+        add(VISION_PREFIXES, p + "mlp.fc1.bias", (f,))
+        add(VISION_PREFIXES, p + "mlp.fc2.weight", (h, f))
+        add(VISION_PREFIXES, p + "mlp.fc2.bias", (h,))
+    add(VISION_PREFIXES, "post_layernorm.weight", (h,))
+    add(VISION_PREFIXES, "post_layernorm.bias", (h,))
+
+    # Merger: RMSNorm per patch, 2x2 concat, Linear -> GELU -> Linear.
+    m = h * v.spatial_merge_size ** 2
+    add(MERGER_PREFIXES, "ln_q.weight", (h,))
+    add(MERGER_PREFIXES, "mlp.0.weight", (m, m))
+    add(MERGER_PREFIXES, "mlp.0.bias", (m,))
+    add(MERGER_PREFIXES, "mlp.2.weight", (v.out_hidden_size, m))
+    add(MERGER_PREFIXES, "mlp.2.bias", (v.out_hidden_size,))
+
+    # Language model (MLA + SwiGLU), names as in transformers' YoutuForCausalLM.
+    H, D = t.num_attention_heads, t.hidden_size
+    qk = t.qk_nope_head_dim + t.qk_rope_head_dim
+    llm = ("",)
+    add(llm, "model.embed_tokens.weight", (t.vocab_size, D))
+    for i in range(t.num_hidden_layers):
+        p = f"model.layers.{i}."
+        add(llm, p + "input_layernorm.weight", (D,))
+        add(llm, p + "post_attention_layernorm.weight", (D,))
+        a = p + "self_attn."
+        if t.q_lora_rank is None:
+            add(llm, a + "q_proj.weight", (H * qk, D))
+        else:
+            add(llm, a + "q_a_proj.weight", (t.q_lora_rank, D))
+            if t.attention_bias:
+                add(llm, a + "q_a_proj.bias", (t.q_lora_rank,))
+            add(llm, a + "q_a_layernorm.weight", (t.q_lora_rank,))
+            add(llm, a + "q_b_proj.weight", (H * qk, t.q_lora_rank))
+        add(llm, a + "kv_a_proj_with_mqa.weight", (t.kv_lora_rank + t.qk_rope_head_dim, D))
+        if t.attention_bias:
+            add(llm, a + "kv_a_proj_with_mqa.bias", (t.kv_lora_rank + t.qk_rope_head_dim,))
+        add(llm, a + "kv_a_layernorm.weight", (t.kv_lora_rank,))
+        add(llm, a + "kv_b_proj.weight", (H * (t.qk_nope_head_dim + t.v_head_dim), t.kv_lora_rank))
+        add(llm, a + "o_proj.weight", (D, H * t.v_head_dim))
+        if t.attention_bias:
+            add(llm, a + "o_proj.bias", (D,))
+        add(llm, p + "mlp.gate_proj.weight", (t.intermediate_size, D))
+        add(llm, p + "mlp.up_proj.weight", (t.intermediate_size, D))
+        add(llm, p + "mlp.down_proj.weight", (D, t.intermediate_size))
+    add(llm, "model.norm.weight", (D,))
+    if not t.tie_word_embeddings:
+        add(llm, "lm_head.weight", (t.vocab_size, D))
+    return out
+
+
+def check_weights(ckpt, config, where=""):
+    """Raise one CheckpointError listing every problem, or return the resolved
+    {canonical name: actual name} map (canonical = first alternative)."""
+    names = set(ckpt.names())
+    used = set()
+    missing, misshaped, badtype = [], [], []
+    resolved = {}
+    for alts, shape in expected_weights(config):
+        found = [n for n in alts if n in names]
+        if not found:
+            missing.append(f"{alts[0]} {list(shape)}" + (f" (or {', '.join(alts[1:])})" if len(alts) > 1 else ""))
+            continue
+        # Two prefix variants of the same weight would make the choice ambiguous.
+        used.update(found)
+        if len(found) > 1:
+            misshaped.append(f"{found[0]}: also present as {', '.join(found[1:])} (ambiguous)")
+            continue
+        name = found[0]
+        dtype, got, _ = ckpt.info(name)
+        if tuple(got) != shape:
+            misshaped.append(f"{name}: expected {list(shape)}, got {list(got)}")
+        if dtype not in FLOAT_DTYPES:
+            badtype.append(f"{name}: {dtype}")
+        resolved[alts[0]] = name
+    unexpected = []
+    for n in sorted(names - used):
+        if _IGNORED.search(n):
+            continue
+        if n == "lm_head.weight" and config.text.tie_word_embeddings:
+            # Tied checkpoints sometimes still store the head; it must at least fit.
+            dtype, got, _ = ckpt.info(n)
+            if tuple(got) != (config.text.vocab_size, config.text.hidden_size):
+                misshaped.append(f"{n}: expected {[config.text.vocab_size, config.text.hidden_size]}, got {list(got)}")
+            continue
+        unexpected.append(n)
+    if missing or unexpected or misshaped or badtype:
+        parts = []
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped),
+                             ("not a float dtype (BF16/F16/F32)", badtype)):
+            if items:
+                shown = items[:30] + ([f"... and {len(items) - 30} more"] if len(items) > 30 else [])
+                parts.append(f"{len(items)} {title}:\n  " + "\n  ".join(shown))
+        head = f"checkpoint {where} does not match its config.json" if where else \
+            "checkpoint does not match its config.json"
+        raise CheckpointError(head + "\n" + "\n".join(parts))
+    return resolved
+
+
+def _resolve_dtype(ckpt, dtype):
+    """Convert `ckpt` in place as `dtype` asks and return the model dtype name."""
+    floats = {ckpt.info(n)[0] for n in ckpt.names()} & set(FLOAT_DTYPES)
+    if dtype == "auto":
+        # Keep the file's own type when it is uniform; anything else (F16, mixed)
+        # becomes bf16, the type every matmul backend takes as is.
+        if floats <= {"BF16"}:
+            return "bf16"
+        if floats == {"F32"}:
+            return "f32"
+        dtype = "bf16"
+    if dtype == "bf16":
+        if floats - {"BF16"}:
+            ckpt.narrow_bf16()
+        return "bf16"
+    if dtype == "f32":
+        if floats - {"F32"}:
+            ckpt.widen_f32()
+        return "f32"
+    raise ValueError(f"dtype must be 'auto', 'bf16' or 'f32', got {dtype!r}")
+
+
+def load(path, dtype="auto", threads=None, backend=None):
+    """Load a checkpoint directory and return a :class:`densemllm.Model`.
+
+    The weights are memory-mapped (not read into memory) and validated: file
+    structure in C, then every tensor against config.json. ``dtype``: "auto" keeps
+    the file's type (bf16 for the released model; F16 or mixed files become bf16),
+    "bf16" converts f32/f16 files to owned bf16 copies, "f32" makes owned float32
+    copies (2x the memory of a bf16 file). ``threads``: thread count for all heavy
+    work (None: leave as is). ``backend``: "onednn" (default) or "openblas"; the
+    environment variable DENSEMLLM_BACKEND sets the default.
+    """
+    import os
+
+    from . import _core
+    from .config import ModelConfig
+    from .model import Model
+    from .tokenizer import Tokenizer
+
+    if dtype not in ("auto", "bf16", "f32"):
+        raise ValueError(f"dtype must be 'auto', 'bf16' or 'f32', got {dtype!r}")
+    if backend is None:
+        backend = os.environ.get("DENSEMLLM_BACKEND") or "onednn"
+    if backend not in ("onednn", "openblas"):
+        raise ValueError(f"backend must be 'onednn' or 'openblas', got {backend!r}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"threads must be a non-negative int or None, got {threads!r}")
+        _core.set_num_threads(threads)
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    config = ModelConfig.from_file(path / "config.json")
+    tokenizer = Tokenizer.from_dir(path, config)
+    pad = tokenizer.token_to_id("<|image_pad|>")
+    if pad is not None and pad != config.image_token_id:
+        raise CheckpointError(f"{path}: config.json image_token_id {config.image_token_id} but tokenizer.json "
+                              f"has <|image_pad|> = {pad}")
+    if tokenizer.vocab_size > config.text.vocab_size:
+        raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but vocab_size is "
+                              f"{config.text.vocab_size}")
+    ckpt = open_checkpoint(path)
+    check_weights(ckpt, config, str(path))
+    model_dtype = _resolve_dtype(ckpt, dtype)
+    return Model(path, config, tokenizer, ckpt, model_dtype, backend, _core.get_num_threads())
