@@ -23,5 +23,26 @@ class Model:
         self.backend = backend
         self.threads = threads
 
+    # ---- language model (densemllm/llm.py) ----
+    def forward(self, input_ids, image=None, output="logits", *, image_embeds=None):
+        """float32 logits [T, vocab] or final normalised hidden states [T, hidden] (output="hidden")."""
+        from . import llm
+        return llm.forward(self, input_ids, image, output, image_embeds=image_embeds)
+
+    def prefill(self, input_ids_or_prompt, image=None, *, image_embeds=None):
+        """Run a prompt once; returns a :class:`densemllm.llm.Session` (KV cache, vision hidden states)."""
+        from . import llm
+        return llm.prefill(self, input_ids_or_prompt, image, image_embeds=image_embeds)
+
+    def generate(self, prompt_or_ids, image=None, **kw):
+        """Generate text (HF semantics, official defaults); see :func:`densemllm.llm.generate`."""
+        from . import llm
+        return llm.generate(self, prompt_or_ids, image, **kw)
+
+    def chat(self, image, text, system="You are a helpful assistant.", **gen):
+        """One chat turn with the checkpoint's template; returns the reply text."""
+        from . import llm
+        return llm.chat(self, image, text, system, **gen)
+
     def __repr__(self):
         return f"Model({str(self.path)!r}, dtype={self.dtype!r}, backend={self.backend!r})"
