@@ -220,6 +220,74 @@ static PyObject *Checkpoint_get(CheckpointObject *self, PyObject *name_obj) {
     return arr;
 }
 
+/* find_weight(prefixes, name, shape) -> array: dm_checkpoint_weight from Python
+ * (the lookup model builders use: first prefix that has `name`, shape checked). */
+static PyObject *Checkpoint_find_weight(CheckpointObject *self, PyObject *args) {
+    PyObject *prefixes_obj, *shape_obj;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "OsO:find_weight", &prefixes_obj, &name, &shape_obj)) return NULL;
+    dm_checkpoint *c = ready(self);
+    if (!c) return NULL;
+    PyObject *pseq = PySequence_Fast(prefixes_obj, "prefixes must be a list of str");
+    if (!pseq) return NULL;
+    PyObject *sseq = PySequence_Fast(shape_obj, "shape must be a sequence of ints");
+    if (!sseq) {
+        Py_DECREF(pseq);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t np_ = PySequence_Fast_GET_SIZE(pseq), nd = PySequence_Fast_GET_SIZE(sseq);
+    const char **prefixes = PyMem_Calloc((size_t)np_ + 1, sizeof *prefixes);
+    int64_t shape[DM_MAX_DIMS];
+    if (!prefixes) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    if (nd > DM_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "shape has %zd dimensions (at most %d)", nd, DM_MAX_DIMS);
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < np_; i++) {
+        PyObject *p = PySequence_Fast_GET_ITEM(pseq, i);
+        if (!PyUnicode_Check(p)) {
+            PyErr_SetString(PyExc_TypeError, "prefixes must be a list of str");
+            goto out;
+        }
+        if (!(prefixes[i] = PyUnicode_AsUTF8(p))) goto out;
+    }
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sseq, i));
+        if (v == -1 && PyErr_Occurred()) goto out;
+        shape[i] = v;
+    }
+    dm_tensor view;
+    dm_status st = dm_checkpoint_weight(c, prefixes, name, (int)nd, shape, &view);
+    if (st != DM_OK) {
+        dm_py_raise(st);
+        goto out;
+    }
+    /* Return it through get() so the array holds the Checkpoint alive. */
+    for (int64_t i = 0; i < dm_checkpoint_count(c); i++) {
+        const char *nm;
+        dm_tensor v;
+        dm_checkpoint_at(c, i, &nm, &v, NULL);
+        if (v.data == view.data && v.dtype == view.dtype && v.ndim == view.ndim &&
+            memcmp(v.shape, view.shape, sizeof v.shape) == 0) {
+            PyObject *s = PyUnicode_FromString(nm);
+            if (s) {
+                result = Checkpoint_get(self, s);
+                Py_DECREF(s);
+            }
+            break;
+        }
+    }
+out:
+    PyMem_Free(prefixes);
+    Py_DECREF(pseq);
+    Py_DECREF(sseq);
+    return result;
+}
+
 static PyObject *convert(CheckpointObject *self, int widen) {
     dm_checkpoint *c = ready(self);
     if (!c) return NULL;
@@ -278,6 +346,8 @@ static PyMethodDef Checkpoint_methods[] = {
      "Replace BF16/F16 tensors by owned float32 copies (dtype='f32' load)."},
     {"narrow_bf16", (PyCFunction)Checkpoint_narrow_bf16, METH_NOARGS,
      "Replace F32/F16 tensors by owned bf16 copies (dtype='bf16' load of a float32 file)."},
+    {"find_weight", (PyCFunction)Checkpoint_find_weight, METH_VARARGS,
+     "find_weight(prefixes, name, shape) -> array of the first prefix+name present; shape checked."},
     {"files", (PyCFunction)Checkpoint_files, METH_NOARGS, "files() -> list of the safetensors paths."},
     {NULL, NULL, 0, NULL},
 };
