@@ -8,6 +8,7 @@
 #include "core/threads.h"
 #include "dense/dense.h"
 #include "dense/rle.h"
+#include "model/session.h"
 
 /* ---- RLE ------------------------------------------------------------------- */
 
@@ -241,6 +242,54 @@ static PyObject *py_depth_dequantize(PyObject *self, PyObject *args, PyObject *k
     return (PyObject *)out;
 }
 
+
+/* session_class_logits(session, offsets int64[K+1], ids int64[n]) -> f32[gh2, gw2, K]:
+ * the class logits of the session's retained vision tokens (no forward pass), read in
+ * place through the session accessors. [n_tokens, K] when the grid is unknown. */
+static PyObject *py_session_class_logits(PyObject *self, PyObject *args) {
+    PyObject *s_obj, *o_obj, *i_obj;
+    if (!PyArg_ParseTuple(args, "OOO", &s_obj, &o_obj, &i_obj)) return NULL;
+    struct dm_session *s = dm_py_session(s_obj);
+    if (!s) return NULL;
+    if (!dm_py_check_array(o_obj, "offsets", NPY_INT64, 1)) return NULL;
+    if (!dm_py_check_array(i_obj, "ids", NPY_INT64, 1)) return NULL;
+    PyArrayObject *o = (PyArrayObject *)o_obj, *ids = (PyArrayObject *)i_obj;
+    npy_intp K = PyArray_DIM(o, 0) - 1;
+    if (K < 1) return PyErr_Format(PyExc_ValueError, "offsets must have K+1 >= 2 entries");
+    const int64_t *off = PyArray_DATA(o);
+    if (off[K] != PyArray_DIM(ids, 0))
+        return PyErr_Format(PyExc_ValueError, "offsets[-1] = %lld but there are %zd ids",
+                            (long long)off[K], PyArray_DIM(ids, 0));
+    int64_t n = 0, gh = 0, gw = 0;
+    const float *hidden = NULL;
+    dm_session_vision_hidden(s, &n, &hidden);
+    if (n == 0 || !hidden)
+        return PyErr_Format(PyExc_ValueError, "the session holds no vision tokens (prefill with an image)");
+    dm_session_vision_grid(s, &gh, &gw);
+    const dm_tensor *head = dm_session_lm_head(s);
+    if (!head || head->ndim != 2) return PyErr_Format(PyExc_RuntimeError, "the session has no LM head");
+    PyArrayObject *out;
+    if (gh > 0 && gw > 0 && gh * gw == n) {
+        npy_intp dims[3] = {(npy_intp)gh, (npy_intp)gw, K};
+        out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_FLOAT32);
+    } else {
+        npy_intp dims[2] = {(npy_intp)n, K};
+        out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    }
+    if (!out) return NULL;
+    dm_backend backend = dm_session_backend(s);
+    dm_status st;
+    Py_INCREF(s_obj); /* the session (and its model) stay alive while the GIL is released */
+    Py_BEGIN_ALLOW_THREADS
+    dm_threads_enter();
+    st = dense_class_logits(backend, PyArray_DATA(out), hidden, n, head->shape[1], head, off,
+                            PyArray_DATA(ids), K);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(s_obj);
+    if (st != DM_OK) { Py_DECREF(out); return dm_py_raise(st); }
+    return (PyObject *)out;
+}
+
 #define KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
 static PyMethodDef dense_methods[] = {
     {"rle_encode", py_rle_encode, METH_O, "rle_encode(map int32) -> str of (value,count) pairs."},
@@ -255,6 +304,8 @@ static PyMethodDef dense_methods[] = {
      "dense_scores(z, temperature=0.2, background=False, bg_scale=0.25, bg_score=0.5) -> f32."},
     {"dense_depth_dequantize", KW(py_depth_dequantize),
      "dense_depth_dequantize(bins f32, mode, dmin, dmax, nbins=1000, scale=1.0) -> metres."},
+    {"dense_session_logits", py_session_class_logits, METH_VARARGS,
+     "dense_session_logits(session, offsets, ids) -> f32[gh2, gw2, K] from the retained vision states."},
     {NULL, NULL, 0, NULL},
 };
 
