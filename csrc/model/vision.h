@@ -1,0 +1,81 @@
+/* The vision side: image preprocessing and the Qwen2.5-VL-style windowed ViT
+ * with SigLIP2 layers, followed by the 2x2 patch merger (notes sections 2, 3). */
+#ifndef DM_MODEL_VISION_H
+#define DM_MODEL_VISION_H
+
+#include <stdint.h>
+
+#include "backend/matmul.h"
+#include "core/status.h"
+#include "core/tensor.h"
+
+struct dm_checkpoint;
+
+#define DM_VISION_MAX_LAYERS 256
+
+typedef struct {
+    int64_t hidden, heads, ffn, layers, patch, channels, merge, out_hidden, window_size;
+    float ln_eps;      /* LayerNorm eps of the tower (1e-6) */
+    float merger_eps;  /* RMSNorm eps of the merger (1e-6) */
+    float rope_theta;  /* 10000 */
+    int gelu_tanh;     /* tower MLP activation: 1 gelu_pytorch_tanh, 0 exact gelu */
+    uint8_t full_attn[DM_VISION_MAX_LAYERS]; /* 1 for layers with global attention */
+} dm_vision_config;
+
+/* ---- preprocessing ---- */
+
+/* Resized size for an H x W image: sides rounded up to multiples of
+ * patch*merge; while (OH/patch)*(OW/patch) > max_num_patches the scale shrinks
+ * by 0.02 (then by 2% steps geometrically below 0.02, so any size terminates). */
+dm_status vision_target_size(int64_t H, int64_t W, int64_t patch, int64_t merge,
+                             int64_t max_num_patches, int64_t *OH, int64_t *OW);
+
+/* uint8 RGB image (byte strides) -> patches f32 [gh*gw, C*patch*patch] in 2x2
+ * merge-block order (blocks row-major, patches row-major in a block, each patch
+ * [py][px][c]), values (v/255 - 0.5)/0.5 of the anti-aliased bilinear resize to
+ * OH x OW (multiples of patch*merge). */
+dm_status vision_preprocess(float *patches, const uint8_t *img, int64_t H, int64_t W, int64_t C,
+                            int64_t sh, int64_t sw, int64_t sc, int64_t OH, int64_t OW,
+                            int64_t patch, int64_t merge);
+
+/* ---- tower ---- */
+
+typedef struct {
+    dm_tensor q, k, v, o, qb, kb, vb, ob, fc1, fc1b, fc2, fc2b;
+    float *ln1_w, *ln1_b, *ln2_w, *ln2_b; /* widened f32 copies (small vectors) */
+} dm_vision_layer;
+
+typedef struct dm_vision {
+    dm_vision_config cfg;
+    dm_backend backend;
+    dm_tensor patch_w, patch_b;
+    dm_vision_layer *layers;
+    float *post_ln_w, *post_ln_b;
+    /* merger */
+    float *mln_w;
+    dm_tensor m0, m0b, m2, m2b;
+    float *small; /* one allocation holding all widened vectors */
+} dm_vision;
+
+/* Bind the tower's weights from the checkpoint (prefixes siglip2.vision_model. /
+ * vision_model.; merger merger. / vision_model.merger.), validating every shape
+ * against cfg. The checkpoint must outlive the returned object. */
+dm_status vision_create(const struct dm_checkpoint *ck, const dm_vision_config *cfg,
+                        dm_backend backend, dm_vision **out);
+void vision_destroy(dm_vision *v);
+
+/* patches f32 [gh*gw, C*patch^2] (merge-block order) -> out f32
+ * [gh/merge * gw/merge, out_hidden] row-major over the merged grid. */
+dm_status vision_encode(const dm_vision *v, const float *patches, int64_t gh, int64_t gw, float *out);
+
+/* Window order of the merged tokens (Qwen2.5-VL get_window_index): perm[p] is the
+ * merged token at window position p; segments (n_seg+1 boundaries, in patches)
+ * delimit the windows. perm has mh*mw entries, segments room for mh*mw+1. */
+void vision_window_index(int64_t mh, int64_t mw, int64_t win, int64_t unit, int64_t *perm,
+                         int64_t *segments, int64_t *n_seg);
+
+/* The merger alone: x f32 [n*merge^2, hidden] (a merged token's patches
+ * adjacent) -> out [n, out_hidden]. `work` needs 2*n*merge^2*hidden floats. */
+dm_status merger_forward(const dm_vision *v, float *out, const float *x, int64_t n, float *work);
+
+#endif
