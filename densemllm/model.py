@@ -23,6 +23,17 @@ class Model:
         self.backend = backend
         self.threads = threads
 
+    # ---- vision (densemllm/vision.py) ----
+    def preprocess(self, image, max_num_patches=36864):
+        """(patches float32 [N, 3*16*16], (gh, gw), (H, W) resized) of an image; see densemllm.vision."""
+        from . import vision
+        return vision.preprocess(self, image, max_num_patches)
+
+    def encode_image(self, image, max_num_patches=36864):
+        """Vision tokens float32 [gh/2*gw/2, text.hidden_size] of an image (or of a preprocess() result)."""
+        from . import vision
+        return vision.encode_image(self, image, max_num_patches)
+
     # ---- language model (densemllm/llm.py) ----
     def forward(self, input_ids, image=None, output="logits", *, image_embeds=None):
         """float32 logits [T, vocab] or final normalised hidden states [T, hidden] (output="hidden")."""
