@@ -55,5 +55,31 @@ class Model:
         from . import llm
         return llm.chat(self, image, text, system, **gen)
 
+    # ---- dense tasks (densemllm/tasks/, docs/tasks.md) ----
+    def segment(self, image, classes, background=False, crf=False, scale=1.0, prompt=None, **kw):
+        """Semantic segmentation -> :class:`densemllm.results.SegmentResult` (labels int32 HxW)."""
+        from .tasks import segment
+        return segment(self, image, classes, background, crf, scale, prompt, **kw)
+
+    def depth(self, image, dataset=None, focal_length=None, **kw):
+        """Depth in metres -> :class:`densemllm.results.DepthResult` (float32 HxW, NaN invalid)."""
+        from .tasks import depth
+        return depth(self, image, dataset, focal_length, **kw)
+
+    def refer(self, image, expression, **kw):
+        """Referring segmentation (grounding, then core target) -> :class:`densemllm.results.ReferResult`."""
+        from .tasks import refer
+        return refer(self, image, expression, **kw)
+
+    def segment_open(self, image, **kw):
+        """Open-set segmentation (categories, detection, per-box masks) -> OpenSetResult."""
+        from .tasks import segment_open
+        return segment_open(self, image, **kw)
+
+    def vision_logits(self, image, ids_or_names, prompt=None, **kw):
+        """float32 [gh/2, gw/2, K] logits of the vision tokens for the given names / ids."""
+        from .tasks import vision_logits
+        return vision_logits(self, image, ids_or_names, prompt, **kw)
+
     def __repr__(self):
         return f"Model({str(self.path)!r}, dtype={self.dtype!r}, backend={self.backend!r})"

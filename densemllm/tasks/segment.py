@@ -1,0 +1,74 @@
+"""Semantic segmentation (notes 6-7): ``Segment: a, b, ...`` -> ``<ref>`` list -> dense labels."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from ..results import SegmentResult
+from .common import class_ids, grid_logits, refs_of, run_turn, scaled, timed, to_rgb
+
+OTHERS = "<OTHERS>"
+
+
+def default_prompt(names, background):
+    """The benchmark prompt form (notes 8); background mode drops the 'without' clause."""
+    joined = ", ".join(names)
+    return f"Segment: {joined}." if background else f"Segment: {joined}, without the background class."
+
+
+def check_classes(model, classes):
+    """Validated class names and their token ids (clear errors for bad input)."""
+    if isinstance(classes, str):
+        raise TypeError("classes must be a list of names, not one string (use [name])")
+    names = list(classes)
+    if not names:
+        raise ValueError("classes is empty: name at least one class")
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError("classes must be strings")
+    stripped = [n.strip() for n in names]
+    seen = set()
+    for n in stripped:
+        if n in seen:
+            raise ValueError(f"duplicate class name {n!r}")
+        seen.add(n)
+    groups = [class_ids(model, n) for n in stripped]
+    return stripped, groups
+
+
+def segment(model, image, classes, background=False, crf=False, scale=1.0, prompt=None, *,
+            all_classes=False, max_new_tokens=1024, **gen) -> SegmentResult:
+    """Segment ``image`` into ``classes`` from one prefill.
+
+    The model answers with the categories it finds (``<ref>`` list); labels follow that
+    list (label i = i-th ``<ref>``, decoded with the ids the model wrote). When the
+    answer has no ``<ref>`` (or ``all_classes=True``) every requested class is decoded
+    from its tokenized name, label i = ``classes[i]``. ``background=True`` adds the
+    ``<OTHERS>`` channel: label 0 = background (sigmoid(z/4) <= 0.5 for all classes).
+    ``scale`` resizes the input before the model (x4 for ADE20K); labels are at the
+    original image size. ``crf=True`` is not available yet."""
+    if crf:
+        raise NotImplementedError("crf=True: DenseCRF refinement is a later issue (csrc/dense/crf.c) "
+                                  "and is not implemented yet; use crf=False")
+    names, groups = check_classes(model, classes)
+    rgb = to_rgb(image)
+    H, W = rgb.shape[:2]
+    text = default_prompt(names, background) if prompt is None else prompt
+    turn = run_turn(model, scaled(rgb, scale), text, max_new_tokens=max_new_tokens, **gen)
+    refs = [] if all_classes else refs_of(model, turn)
+    refs = [r for r in refs if r.ids]  # an empty <ref></ref> names nothing
+    if refs:
+        names, groups = [r.name for r in refs], [r.ids for r in refs]
+    if background:
+        keep = [i for i, n in enumerate(names) if n.strip() != OTHERS]
+        names, groups = [names[i] for i in keep], [groups[i] for i in keep]
+        if not names:  # only background: every pixel is background
+            return SegmentResult(np.zeros((H, W), np.int32), [OTHERS], [None], turn.text, True,
+                                 None, dict(turn.timings, dense=0.0))
+    timings = dict(turn.timings)
+    with timed(timings, "dense"):
+        z = grid_logits(turn, groups)
+        labels = _core.dense_upsample_argmax(z, (H, W), background=bool(background))
+    if background:
+        names, groups = [OTHERS] + names, [None] + list(groups)
+    return SegmentResult(labels, names, [None if g is None else list(g) for g in groups], turn.text,
+                         bool(background), z, timings)
