@@ -118,13 +118,11 @@ def session_grid(model, sess, rgb):
     if g:
         return int(g[0]), int(g[1])
     n = sess.vision_hidden().shape[0]
-    pre = model.preprocess(rgb) if hasattr(model, "preprocess") else None
-    for a, b in (("grid_h", "grid_w"), ("gh", "gw")):
-        if pre is not None and hasattr(pre, a):
-            m = model.config.vision.spatial_merge_size
-            gh, gw = int(getattr(pre, a)) // m, int(getattr(pre, b)) // m
-            if gh * gw == n:
-                return gh, gw
+    pre = model.preprocess(rgb)  # (patches, (gh, gw), (H, W)) in patches
+    gh, gw = (int(v) for v in pre[1])
+    m = model.config.vision.spatial_merge_size
+    if (gh // m) * (gw // m) == n:
+        return gh // m, gw // m
     raise RuntimeError("cannot tell the vision token grid of this session")
 
 
