@@ -1,0 +1,254 @@
+"""Vision tower + merger against an independent PyTorch reference written from the
+notes (sections 2 and 3), on tiny random checkpoints.
+
+The reference works in the ORIGINAL patch order with a window mask ("same window"
+computed from each patch's grid coordinates), not with the permutation the C code
+uses, so the two formulations check each other; the reference's windowing and
+2D RoPE positions are cross-checked against transformers' Qwen2.5-VL helpers.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import densemllm
+import densemllm.vision
+from densemllm.testing import make_checkpoint
+
+# ---------------------------------------------------------------- reference
+
+
+def ref_positions(gh, gw, merge=2):
+    """(row, col) of each patch in merge-block order (notes section 2.3)."""
+    rows, cols = [], []
+    for by in range(gh // merge):
+        for bx in range(gw // merge):
+            for iy in range(merge):
+                for ix in range(merge):
+                    rows.append(by * merge + iy)
+                    cols.append(bx * merge + ix)
+    return torch.tensor(rows), torch.tensor(cols)
+
+
+def ref_window_ids(gh, gw, window_size, patch, merge=2):
+    """Window id of each patch: windows of window_size/merge/patch merged tokens."""
+    win = window_size // merge // patch
+    rows, cols = ref_positions(gh, gw, merge)
+    mw = gw // merge
+    nww = -(-mw // win)
+    return (rows // merge // win) * nww + (cols // merge // win)
+
+
+def ref_rope(x, rows, cols, theta=10000.0):
+    """Rotate-half 2D RoPE on x [N, H, hd]: angles [row*f, col*f] duplicated."""
+    hd = x.shape[-1]
+    d = hd // 2
+    f = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # d/2 frequencies
+    ang = torch.cat([rows[:, None] * f, cols[:, None] * f], dim=1)  # [N, d]
+    ang = torch.cat([ang, ang], dim=1)[:, None, :]  # [N, 1, hd]
+    x1, x2 = x[..., :d], x[..., d:]
+    rot = torch.cat([-x2, x1], dim=-1)
+    return x * ang.cos() + rot * ang.sin()
+
+
+def ref_tower(w, cfg, patches, gh, gw):
+    """float64 forward of the tower + merger; w: name -> tensor (any prefix)."""
+    def g(name, merger=False):
+        for p in (("merger.", "vision_model.merger.") if merger else ("siglip2.vision_model.", "vision_model.")):
+            if p + name in w:
+                return w[p + name].double()
+        raise KeyError(name)
+
+    D, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    hd = D // H
+    merge = cfg["spatial_merge_size"]
+    x = torch.from_numpy(patches).double() @ g("embeddings.patch_embedding.weight").T + g("embeddings.patch_embedding.bias")
+    rows, cols = ref_positions(gh, gw, merge)
+    wid = ref_window_ids(gh, gw, cfg["window_size"], cfg["patch_size"], merge)
+    win_mask = wid[:, None] == wid[None, :]
+    n = x.shape[0]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"encoder.layers.{i}."
+        lin = lambda t, name: t @ g(p + name + ".weight").T + g(p + name + ".bias")
+        h = F.layer_norm(x, (D,), g(p + "layer_norm1.weight"), g(p + "layer_norm1.bias"), cfg["layer_norm_eps"])
+        q = ref_rope(lin(h, "self_attn.q_proj").view(n, H, hd), rows, cols)
+        k = ref_rope(lin(h, "self_attn.k_proj").view(n, H, hd), rows, cols)
+        v = lin(h, "self_attn.v_proj").view(n, H, hd)
+        s = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(hd)
+        if i not in cfg["fullatt_block_indexes"]:
+            s = s.masked_fill(~win_mask, float("-inf"))
+        a = torch.einsum("hij,jhd->ihd", s.softmax(-1), v).reshape(n, D)
+        x = x + lin(a, "self_attn.out_proj")
+        h = F.layer_norm(x, (D,), g(p + "layer_norm2.weight"), g(p + "layer_norm2.bias"), cfg["layer_norm_eps"])
+        act = F.gelu(lin(h, "mlp.fc1"), approximate="tanh" if cfg["hidden_act"] == "gelu_pytorch_tanh" else "none")
+        x = x + lin(act, "mlp.fc2")
+    x = F.layer_norm(x, (D,), g("post_layernorm.weight"), g("post_layernorm.bias"), cfg["layer_norm_eps"])
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * g("ln_q.weight", True)
+    x = x.reshape(n // merge**2, merge**2 * D)  # a merged token's patches are adjacent
+    x = F.gelu(x @ g("mlp.0.weight", True).T + g("mlp.0.bias", True))
+    return (x @ g("mlp.2.weight", True).T + g("mlp.2.bias", True)).numpy()
+
+
+def ref_target_size(h, w, max_num_patches, patch=16, merge=2):
+    unit = patch * merge
+    k = 0
+    while True:
+        s = 1.0 - 0.02 * k
+        th = max(unit, math.ceil(h * s / unit) * unit)
+        tw = max(unit, math.ceil(w * s / unit) * unit)
+        if (th // patch) * (tw // patch) <= max_num_patches:
+            return th, tw
+        k += 1
+
+
+def ref_preprocess(img, max_num_patches=36864, patch=16, merge=2):
+    th, tw = ref_target_size(img.shape[0], img.shape[1], max_num_patches, patch, merge)
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    r = F.interpolate(t, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)[0]
+    r = (r / 255.0 - 0.5) / 0.5  # [3, th, tw]
+    gh, gw = th // patch, tw // patch
+    # [3, gh/m, m, p, gw/m, m, p] -> [gh/m, gw/m, m, m, p, p, 3]
+    x = r.reshape(3, gh // merge, merge, patch, gw // merge, merge, patch).permute(1, 4, 2, 5, 3, 6, 0)
+    return x.reshape(gh * gw, patch * patch * 3).numpy(), (gh, gw), (th, tw)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def make(tmp_path, dtype="f32", backend="onednn", seed=0, **vision):
+    path = make_checkpoint(tmp_path / f"ck_{dtype}_{seed}", seed=seed, dtype=dtype, vision=vision)
+    model = densemllm.load(path, backend=backend)
+    w = load_file(str(path / "model.safetensors"))
+    cfg = dict(densemllm.vision.vision_config_dict(model.config))
+    return model, w, cfg
+
+
+def rel_err(out, ref):
+    return np.abs(out - ref).max() / np.abs(ref).max()
+
+
+# ---------------------------------------------------------------- cross-checks of the reference
+
+
+@pytest.mark.parametrize("gh,gw,window", [(12, 20, 128), (20, 6, 128), (4, 4, 128), (16, 16, 64)])
+def test_reference_windows_and_positions_match_transformers(gh, gw, window):
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+    grid = torch.tensor([[1, gh, gw]])
+    pos = get_vision_position_ids(grid, 2)
+    rows, cols = ref_positions(gh, gw)
+    assert torch.equal(pos[:, 0], rows) and torch.equal(pos[:, 1], cols)
+    # transformers permutes merged tokens into window order and cuts windows by
+    # cu_seqlens; the same-window relation it induces must equal our mask's.
+    index, cu = get_vision_window_index(grid, spatial_merge_size=2, window_size=window, patch_size=16)
+    n = gh * gw
+    their = torch.empty(n, dtype=torch.long)
+    order = (index[:, None] * 4 + torch.arange(4)).reshape(-1)  # patches in window order
+    seg = torch.bucketize(torch.arange(n), cu[1:].long(), right=True)
+    their[order] = seg
+    ours = ref_window_ids(gh, gw, window, 16)
+    assert torch.equal(their[:, None] == their[None, :], ours[:, None] == ours[None, :])
+
+
+# ---------------------------------------------------------------- tower parity
+
+# f32 tolerance from the issue: max abs error <= 1e-4 x max|out|. The C side is f32
+# end to end (f32 weights, f32 matmuls, f32 attention); the reference is float64.
+F32_TOL = 1e-4
+
+
+@pytest.mark.parametrize(
+    "gh,gw,vision",
+    [
+        # 6x10 merged tokens with 4x4-token windows: not a whole number of windows
+        (12, 20, dict(window_size=128, num_hidden_layers=3, fullatt_block_indexes=[1])),
+        # one window holds the whole image
+        (4, 4, dict(window_size=128, num_hidden_layers=2, fullatt_block_indexes=[1])),
+        # portrait, several global layers, 4 heads of dim 8
+        (20, 6, dict(window_size=64, num_hidden_layers=4, fullatt_block_indexes=[0, 2],
+                     num_attention_heads=4)),
+        # exact gelu in the tower, every layer global
+        (8, 12, dict(window_size=64, num_hidden_layers=2, fullatt_block_indexes=[0, 1], hidden_act="gelu")),
+    ],
+)
+def test_tower_f32_matches_reference(tmp_path, gh, gw, vision):
+    model, w, cfg = make(tmp_path, "f32", **vision)
+    rng = np.random.default_rng(gh * 100 + gw)
+    patches = rng.standard_normal((gh * gw, 768)).astype(np.float32)
+    out = densemllm.vision.encode_patches(model, patches, gh, gw)
+    assert out.shape == (gh // 2 * gw // 2, model.config.text.hidden_size) and out.dtype == np.float32
+    ref = ref_tower(w, cfg, patches, gh, gw)
+    assert rel_err(out, ref) <= F32_TOL
+
+
+def test_backends_agree_f32(tmp_path):
+    vision = dict(window_size=64, num_hidden_layers=2, fullatt_block_indexes=[1])
+    m1, w, cfg = make(tmp_path, "f32", "onednn", **vision)
+    m2 = densemllm.load(m1.path, backend="openblas")
+    rng = np.random.default_rng(5)
+    patches = rng.standard_normal((8 * 12, 768)).astype(np.float32)
+    a = m1.encode_image(m1.preprocess(rng.integers(0, 256, (100, 170, 3), dtype=np.uint8)))
+    b = m2.encode_image(m2.preprocess(rng.integers(0, 256, (100, 170, 3), dtype=np.uint8)))
+    assert a.shape == b.shape  # same image size -> same grid
+    x = densemllm.vision.encode_patches(m1, patches, 8, 12)
+    y = densemllm.vision.encode_patches(m2, patches, 8, 12)
+    # both f32 paths: each within 1e-4 of the f64 reference, so within 2e-4 of each other
+    assert rel_err(x, y) <= 2 * F32_TOL
+
+
+def test_tower_bf16(tmp_path):
+    vision = dict(window_size=128, num_hidden_layers=3, fullatt_block_indexes=[1])
+    model, w, cfg = make(tmp_path, "bf16", "onednn", **vision)
+    rng = np.random.default_rng(7)
+    gh, gw = 12, 20
+    patches = rng.standard_normal((gh * gw, 768)).astype(np.float32)
+    ref = ref_tower(w, cfg, patches, gh, gw)  # same bf16 weights, widened exactly to f64
+    # OpenBLAS widens bf16 weights exactly and keeps f32 activations: f32 tolerance.
+    blas = densemllm.load(model.path, backend="openblas")
+    assert rel_err(densemllm.vision.encode_patches(blas, patches, gh, gw), ref) <= F32_TOL
+    # oneDNN rounds the activations entering each matmul to bf16 (unit roundoff
+    # 2^-9 ~ 2e-3, f32 accumulation). About 4 chained rounded matmuls per layer
+    # plus the merger's 2, with errors adding in quadrature over ~12 roundings:
+    # sqrt(12) * 2e-3 ~ 7e-3; allow 2e-2 x max|out| (an error in layout, rope or
+    # windowing gives O(1)).
+    out = densemllm.vision.encode_patches(model, patches, gh, gw)
+    assert rel_err(out, ref) <= 2e-2
+
+
+def test_encode_image_end_to_end(tmp_path):
+    vision = dict(window_size=64, num_hidden_layers=2, fullatt_block_indexes=[1])
+    model, w, cfg = make(tmp_path, "f32", **vision)
+    rng = np.random.default_rng(11)
+    img = rng.integers(0, 256, (75, 130, 3), dtype=np.uint8)
+    pre = model.preprocess(img)
+    patches, grid, size = pre
+    rp, rgrid, rsize = ref_preprocess(img)
+    assert grid == rgrid == (6, 10) and size == rsize == (96, 160)
+    # 1/255 in [0,1] units is 2/255 after the (x - 0.5)/0.5 normalisation
+    assert np.abs(patches - rp).max() <= 2 / 255
+    out = model.encode_image(img)
+    assert rel_err(out, ref_tower(w, cfg, rp, *rgrid)) <= F32_TOL
+    assert np.array_equal(out, model.encode_image(pre))
+
+
+def test_tower_rejects_bad_input(tmp_path):
+    model, _, _ = make(tmp_path, "f32", window_size=64)
+    good = np.zeros((16, 768), np.float32)
+    with pytest.raises(ValueError):
+        densemllm.vision.encode_patches(model, good, 3, 4)  # odd grid
+    with pytest.raises(ValueError):
+        densemllm.vision.encode_patches(model, good, 4, 8)  # wrong patch count
+    with pytest.raises(ValueError):
+        densemllm.vision.encode_patches(model, np.zeros((16, 700), np.float32), 4, 4)
+
+
+def test_bad_checkpoint_shape_is_reported(tmp_path):
+    path = make_checkpoint(tmp_path / "ck", dtype="f32", vision=dict(window_size=64))
+    model = densemllm.load(path)
+    d = densemllm.vision.vision_config_dict(model.config)
+    d["intermediate_size"] += 1  # the checkpoint's fc1 no longer matches
+    with pytest.raises(ValueError, match="fc1"):
+        densemllm._core.VisionTower(model._checkpoint, d)
