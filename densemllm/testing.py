@@ -80,10 +80,10 @@ def _tokenizer_json():
 
 def _tensor(rng, name, shape, dtype):
     if name.endswith(("norm.weight", "layer_norm1.weight", "layer_norm2.weight", "ln_q.weight")):
-        a = 1.0 + 0.02 * rng.standard_normal(shape)
+        a = 1.0 + 0.02 * rng.standard_normal(shape, dtype=np.float32)
     else:
-        a = 0.02 * rng.standard_normal(shape)
-    return a.astype(np.float32)
+        a = 0.02 * rng.standard_normal(shape, dtype=np.float32)
+    return a.astype(np.float32, copy=False)
 
 
 def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_overrides):
