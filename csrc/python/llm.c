@@ -9,6 +9,7 @@
  * names plus the rope settings flattened (see densemllm/llm.py). */
 #include "python/binding.h"
 
+#include "backend/gemv.h"
 #include "core/threads.h"
 #include "io/safetensors.h"
 #include "model/llm.h"
@@ -412,7 +413,18 @@ static PyObject *py_sample(PyObject *self, PyObject *args, PyObject *kw) {
     return PyLong_FromLongLong(tok);
 }
 
+static PyObject *py_set_gemv(PyObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    int was = dm_gemv_enabled();
+    dm_gemv_set_enabled(on);
+    return PyBool_FromLong(was);
+}
+
 static PyMethodDef llm_methods[] = {
+    {"set_gemv", (PyCFunction)py_set_gemv, METH_O,
+     "set_gemv(enabled) -> previous: route matmuls with M <= 4 through the bf16/f32 GEMV fast path\n"
+     "(default on; off sends them to oneDNN / OpenBLAS, for tests and benchmarks)."},
     {"rng_state", (PyCFunction)py_rng_state, METH_O, "rng_state(seed) -> uint64[4] xoshiro256** state"},
     {"sample", (PyCFunction)(void (*)(void))py_sample, METH_VARARGS | METH_KEYWORDS,
      "sample(logits, history, rng_state, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,\n"

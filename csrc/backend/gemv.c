@@ -1,0 +1,125 @@
+/* Small-M products over bf16 / f32 weight rows (see gemv.h). */
+#include "backend/gemv.h"
+
+#include <stdatomic.h>
+#include <string.h>
+
+#include "core/alloc.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define DM_GEMV_AVX512 1
+#endif
+
+static atomic_int gemv_on = 1;
+
+void dm_gemv_set_enabled(int on) { atomic_store(&gemv_on, on ? 1 : 0); }
+int dm_gemv_enabled(void) { return atomic_load(&gemv_on); }
+
+int dm_gemv_applies(dm_backend backend, const dm_tensor *w, int64_t M) {
+    (void)backend;
+    return atomic_load(&gemv_on) && M >= 1 && M <= DM_GEMV_MAX_M &&
+           (w->dtype == DM_BF16 || w->dtype == DM_F32);
+}
+
+#ifdef DM_GEMV_AVX512
+static inline __m512 load_w(const void *w, int is_bf16, int64_t k) {
+    if (is_bf16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_loadu_ps((const float *)w + k);
+}
+
+static inline __m512 load_w_tail(const void *w, int is_bf16, int64_t k, __mmask16 mk) {
+    if (is_bf16) {
+        __m256i h = _mm256_maskz_loadu_epi16(mk, (const uint16_t *)w + k);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_maskz_loadu_ps(mk, (const float *)w + k);
+}
+
+/* One weight row against M activation rows; two accumulator sets hide FMA latency. */
+static inline __attribute__((always_inline)) void row_dot(const void *wr, int is_bf16, const float *x,
+                                                          int64_t K, const int M, float *res) {
+    __m512 a0[DM_GEMV_MAX_M], a1[DM_GEMV_MAX_M];
+    for (int m = 0; m < M; m++) a0[m] = a1[m] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512 w0 = load_w(wr, is_bf16, k), w1 = load_w(wr, is_bf16, k + 16);
+        for (int m = 0; m < M; m++) {
+            a0[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + m * K + k), a0[m]);
+            a1[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + m * K + k + 16), a1[m]);
+        }
+    }
+    for (; k < K; k += 16) {
+        int64_t left = K - k;
+        __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        __m512 w0 = load_w_tail(wr, is_bf16, k, mk);
+        for (int m = 0; m < M; m++) a0[m] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mk, x + m * K + k), a0[m]);
+    }
+    for (int m = 0; m < M; m++) res[m] = _mm512_reduce_add_ps(_mm512_add_ps(a0[m], a1[m]));
+}
+#else
+static inline void row_dot(const void *wr, int is_bf16, const float *x, int64_t K, const int M, float *res) {
+    for (int m = 0; m < M; m++) {
+        float acc = 0;
+        const float *xm = x + m * K;
+        if (is_bf16) {
+            const uint16_t *w = wr;
+            for (int64_t k = 0; k < K; k++) acc += dm_bf16_to_f32(w[k]) * xm[k];
+        } else {
+            const float *w = wr;
+            for (int64_t k = 0; k < K; k++) acc += w[k] * xm[k];
+        }
+        res[m] = acc;
+    }
+}
+#endif
+
+#define GEMV_CASE(MM)                                                                      \
+    case MM: {                                                                              \
+        _Pragma("omp parallel for schedule(static) if (N * K > 32768)")                    \
+        for (int64_t n = 0; n < N; n++) {                                                   \
+            float res[DM_GEMV_MAX_M];                                                       \
+            row_dot(wb + (size_t)n * (size_t)K * esz, is_bf16, x, K, MM, res);              \
+            for (int m = 0; m < MM; m++) {                                                  \
+                float v = res[m] + (bias_f ? bias_f[n] : 0.0f);                             \
+                out[m * N + n] = accumulate ? out[m * N + n] + v : v;                       \
+            }                                                                               \
+        }                                                                                   \
+    } break;
+
+dm_status dm_gemv(float *out, const float *x, const dm_tensor *w, const dm_tensor *bias, int64_t M,
+                  int accumulate) {
+    const int64_t N = w->shape[0], K = w->shape[1];
+    if (M < 1 || M > DM_GEMV_MAX_M) return dm_fail(DM_ERR_VALUE, "gemv: M=%lld outside 1..%d", (long long)M, DM_GEMV_MAX_M);
+    if (w->dtype != DM_BF16 && w->dtype != DM_F32)
+        return dm_fail(DM_ERR_TYPE, "gemv: weight dtype %s (bf16 or f32 expected)", dm_dtype_name(w->dtype));
+    const int is_bf16 = w->dtype == DM_BF16;
+    const size_t esz = dm_dtype_size(w->dtype);
+    const char *wb = w->data;
+    float bias_stack[1024];
+    float *bias_f = NULL, *bias_heap = NULL;
+    if (bias) {
+        if (N <= 1024) {
+            bias_f = bias_stack;
+        } else {
+            bias_f = bias_heap = dm_alloc((size_t)N, sizeof(float), "gemv bias");
+            if (!bias_f) return DM_ERR_NOMEM;
+        }
+        dm_status s = dm_tensor_to_f32(bias, bias_f);
+        if (s != DM_OK) {
+            dm_free(bias_heap);
+            return s;
+        }
+    }
+    switch ((int)M) {
+        GEMV_CASE(1)
+        GEMV_CASE(2)
+        GEMV_CASE(3)
+        GEMV_CASE(4)
+    }
+    dm_free(bias_heap);
+    return DM_OK;
+}
