@@ -1,5 +1,7 @@
 #include "backend/matmul.h"
 
+#include "backend/gemv.h"
+
 dm_status dm_matmul(dm_backend backend, float *out, const float *x, const dm_tensor *w,
                     const dm_tensor *bias, int64_t M, int accumulate) {
     if (w->ndim != 2)
@@ -13,6 +15,8 @@ dm_status dm_matmul(dm_backend backend, float *out, const float *x, const dm_ten
     if (M < 0 || w->shape[0] <= 0 || w->shape[1] <= 0)
         return dm_fail(DM_ERR_VALUE, "matmul: empty or negative dimensions");
     if (M == 0) return DM_OK;
+    /* decode-sized products: stream the weight rows (backend/gemv.h) */
+    if (dm_gemv_applies(backend, w, M)) return dm_gemv(out, x, w, bias, M, accumulate);
     switch (backend) {
     case DM_BACKEND_ONEDNN: return dm_matmul_onednn(out, x, w, bias, M, accumulate);
     case DM_BACKEND_OPENBLAS: return dm_matmul_openblas(out, x, w, bias, M, accumulate);
