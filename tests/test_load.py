@@ -237,3 +237,23 @@ def test_make_checkpoint_is_deterministic(tmp_path):
     w = t["model.layers.0.mlp.gate_proj.weight"].float()
     assert 0.015 < w.std().item() < 0.025  # N(0, 0.02), 8192 samples
     assert abs(t["model.norm.weight"].float().mean().item() - 1.0) < 0.01
+
+
+@pytest.mark.parametrize("kw", [{}, {"q_lora_rank": None, "tie_word_embeddings": False}])
+def test_transformers_loads_the_llm_weights(tmp_path, kw):
+    """The LLM parity tests build transformers' YoutuForCausalLM from these files."""
+    from transformers import YoutuConfig, YoutuForCausalLM
+
+    p = make_checkpoint(tmp_path / "hf", **kw)
+    raw = json.loads((p / "config.json").read_text())
+    text = {k: v for k, v in raw.items() if k not in ("vision_config", "architectures", "model_type", "torch_dtype",
+                                                      "image_token_id", "video_token_id", "vision_start_token_id",
+                                                      "vision_end_token_id")}
+    hf = YoutuForCausalLM.from_pretrained(str(p), config=YoutuConfig(**text), dtype=torch.bfloat16)
+    m = densemllm.load(p)
+    sd = hf.state_dict()
+    assert len(sd) == len([n for n in m._checkpoint.names() if n.startswith(("model.", "lm_head."))]) + \
+        (1 if m.config.text.tie_word_embeddings else 0)
+    for n, t in sd.items():
+        src = "model.embed_tokens.weight" if n == "lm_head.weight" and m.config.text.tie_word_embeddings else n
+        np.testing.assert_array_equal(bits(t), m._checkpoint.get(src), err_msg=n)
