@@ -1,0 +1,224 @@
+"""The ``densemllm`` command: dense prediction from the command line.
+
+Each task writes ``PREFIX.npy`` (the array), ``PREFIX.png`` (a picture) and
+``PREFIX.txt`` (the model's answer with the RLE filled in), and prints a summary.
+``densemllm demo`` runs the pipeline on a tiny RANDOM checkpoint (no trained model
+needed) to show the whole path works; its output is meaningless by construction.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TASKS = ("segment", "depth", "refer", "segment-open", "chat")
+
+
+def _common(p, image=True):
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (config.json, "
+                   "*.safetensors, tokenizer.json)")
+    if image:
+        p.add_argument("image", metavar="IMAGE", help="input image file (any format Pillow reads)")
+    p.add_argument("--out", metavar="PREFIX", default=None,
+                   help="output path prefix (default: IMAGE's name without extension + '.<task>')")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="threads for all heavy work "
+                   "(default: all cores)")
+    p.add_argument("--backend", choices=("onednn", "openblas"), default=None,
+                   help="matrix backend (default: onednn, or $DENSEMLLM_BACKEND)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="generation limit per model answer (task default when omitted)")
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="densemllm",
+        description="Dense prediction (segmentation, depth, referring and open-set segmentation) "
+                    "with a DenseMLLM / Youtu-VL checkpoint on the CPU. Every task runs one prefill "
+                    "of the image and prompt, the model's own answer, and dense decoding of the "
+                    "vision tokens' logits from that same prefill.",
+        epilog="Outputs: PREFIX.npy (labels int32 / depth float32 metres, NaN invalid / mask bool), "
+               "PREFIX.png (picture), PREFIX.txt (model answer with the RLE filled in).")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("segment", help="semantic segmentation into given classes",
+                       description="Semantic segmentation. Labels follow the <ref> list the model writes "
+                                   "(label i = i-th class); with --background label 0 is background.")
+    _common(p)
+    p.add_argument("--classes", required=True, metavar="A,B,...", help="comma-separated class names")
+    p.add_argument("--background", action="store_true",
+                   help="background mode (<OTHERS>): sigmoid(z/4) against a constant 0.5")
+    p.add_argument("--scale", type=float, default=1.0, metavar="S",
+                   help="resize the input by S before the model (paper: x4 ADE20K, x3 COCO-Stuff); "
+                        "labels are at the original size")
+    p.add_argument("--prompt", default=None, help="custom prompt (default: 'Segment: A, B, ..., without "
+                   "the background class.')")
+    p.add_argument("--all-classes", action="store_true",
+                   help="decode every requested class, not only those the model names")
+
+    p = sub.add_parser("depth", help="metric depth estimation",
+                       description="Depth in metres. With --dataset the dataset prompt precedes the image "
+                                   "and bins map linearly onto its range; otherwise open-world "
+                                   "log-uniform 0.5-100 m.")
+    _common(p)
+    p.add_argument("--dataset", choices=("NYUv2", "Cityscapes", "DDAD"), default=None,
+                   help="dataset prompt and range (NYUv2 0-10 m, Cityscapes 0-80 m, DDAD 0.05-120 m)")
+    p.add_argument("--focal-length", type=float, default=None, metavar="PX",
+                   help="focal length in pixels (open world): normalises to 2000 px for metric depth; "
+                        "without it the depth is relative")
+
+    p = sub.add_parser("refer", help="referring segmentation (grounding, then core target)",
+                       description="Mask of the object an expression describes: grounding box, 1.2x crop, "
+                                   "'Segment the core target.', pasted back.")
+    _common(p)
+    p.add_argument("--expression", required=True, help="the referring expression")
+    p.add_argument("--crop-short-side", type=int, default=1280, metavar="PX",
+                   help="short side the crop is resized to (paper: 1280; lower is faster)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random box colour")
+
+    p = sub.add_parser("segment-open", help="open-set segmentation (categories, detection, masks)",
+                       description="Label map of every object the model finds; label 0 = background.")
+    _common(p)
+    p.add_argument("--max-boxes", type=int, default=30, metavar="N", help="segment the N largest boxes")
+    p.add_argument("--crop-short-side", type=int, default=1280, metavar="PX",
+                   help="short side of each box crop (paper: 1280)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random box colours")
+
+    p = sub.add_parser("chat", help="one chat turn about an image",
+                       description="Ask anything about the image; prints the answer.")
+    _common(p)
+    p.add_argument("--text", required=True, help="the question")
+
+    p = sub.add_parser("demo", help="run segment on a tiny RANDOM checkpoint (no download)",
+                       description="Makes a tiny random checkpoint and a synthetic image in --out-dir and "
+                                   "runs the segment pipeline end to end. The weights are random, so the "
+                                   "labels are meaningless: this shows the path works, not a result.")
+    p.add_argument("--out-dir", default="densemllm-demo", metavar="DIR",
+                   help="where the checkpoint, image and outputs go (default: ./densemllm-demo)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: all cores)")
+    # `densemllm --help` documents every option of every command, not just the list.
+    ap.formatter_class = argparse.RawDescriptionHelpFormatter
+    ap.epilog += "\n\n" + "\n".join(f"=== densemllm {name} ===\n{sp.format_help()}"
+                                       for name, sp in sub.choices.items())
+    return ap
+
+
+def _load(args):
+    import densemllm
+
+    return densemllm.load(args.model, threads=args.threads, backend=args.backend)
+
+
+def _prefix(args, task):
+    if args.out:
+        return Path(args.out)
+    return Path(Path(args.image).stem + "." + task)
+
+
+def _gen(args):
+    return {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+
+
+def _write(prefix, array, picture, text):
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    np.save(f"{prefix}.npy", array)
+    picture.save(f"{prefix}.png")
+    Path(f"{prefix}.txt").write_text(text + "\n", encoding="utf-8")
+    print(f"wrote {prefix}.npy, {prefix}.png, {prefix}.txt")
+
+
+def _timings(t):
+    return ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
+
+
+def run_segment(model, args, image_path, prefix):
+    from . import viz
+    from .tasks.common import to_rgb
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    rgb = to_rgb(image_path)
+    r = model.segment(rgb, classes, background=args.background, scale=args.scale, prompt=args.prompt,
+                      all_classes=args.all_classes, **_gen(args))
+    counts = np.bincount(r.labels.ravel(), minlength=len(r.class_names))
+    print("classes: " + ", ".join(f"{i}={n} ({counts[i] / r.labels.size:.1%})" for i, n in enumerate(r.class_names)))
+    print("timings: " + _timings(r.timings))
+    _write(prefix, r.labels, viz.overlay_labels(rgb, r.labels, r.class_names,
+                                               background_label=0 if r.background else None), r.model_text())
+    return r
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except (ValueError, TypeError, OSError, NotImplementedError) as e:
+        print(f"densemllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args):
+    if args.command == "demo":
+        return demo(args)
+    from . import viz
+    from .tasks.common import to_rgb
+
+    model = _load(args)
+    prefix = _prefix(args, args.command)
+    if args.command == "segment":
+        run_segment(model, args, args.image, prefix)
+    elif args.command == "depth":
+        rgb = to_rgb(args.image)
+        r = model.depth(rgb, args.dataset, args.focal_length, **_gen(args))
+        ok = np.isfinite(r.depth)
+        rng = f"{np.min(r.depth[ok]):.2f}..{np.max(r.depth[ok]):.2f} m" if ok.any() else "no valid pixels"
+        print(f"depth ({'metric' if r.metric else 'relative'}): {rng}; timings: {_timings(r.timings)}")
+        _write(prefix, r.depth, viz.colorize_depth(r.depth), r.model_text())
+    elif args.command == "refer":
+        rgb = to_rgb(args.image)
+        r = model.refer(rgb, args.expression, crop_short_side=args.crop_short_side, seed=args.seed, **_gen(args))
+        print(f"box: {r.box}; mask pixels: {int(r.mask.sum())}; timings: {_timings(r.timings)}")
+        _write(prefix, r.mask, viz.overlay_mask(rgb, r.mask, r.box), r.text + "\n" + r.model_text())
+    elif args.command == "segment-open":
+        rgb = to_rgb(args.image)
+        r = model.segment_open(rgb, max_boxes=args.max_boxes, crop_short_side=args.crop_short_side,
+                               seed=args.seed, **_gen(args))
+        print(f"classes: {r.class_names[1:]}; boxes: {len(r.boxes)}; timings: {_timings(r.timings)}")
+        _write(prefix, r.labels, viz.overlay_labels(rgb, r.labels, r.class_names, background_label=0),
+               r.text + "\n" + r.detect_text)
+    elif args.command == "chat":
+        rgb = to_rgb(args.image)
+        print(model.chat(rgb, args.text, **_gen(args)))
+    return 0
+
+
+def demo(args):
+    import densemllm
+    from PIL import Image
+
+    from .testing import make_checkpoint
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print("densemllm demo: the checkpoint below has RANDOM weights; the labels it produces are "
+          "meaningless. It shows the pipeline (vision tower, prefill, generation, dense decoding, "
+          "RLE, pictures) runs end to end.")
+    ck = make_checkpoint(out / "random-checkpoint", seed=0)
+    h, w = 96, 128
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = (xx * 255 // (w - 1)).astype(np.uint8)
+    img[..., 2] = np.where(yy < h // 2, 230, 40)
+    img[..., 1] = np.where(yy < h // 2, 160, 120)
+    image_path = out / "demo-image.png"
+    Image.fromarray(img).save(image_path)
+    model = densemllm.load(ck, threads=args.threads)
+    ns = argparse.Namespace(classes="sky,ground", background=False, scale=1.0, prompt=None, all_classes=True,
+                            max_new_tokens=16)
+    run_segment(model, ns, image_path, out / "demo.segment")
+    print(f"checkpoint: {ck}; image: {image_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The densemllm command, run as a subprocess on tiny checkpoints."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from densemllm.testing import make_checkpoint
+from test_tasks import COLOURS, band_image, build, e
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "densemllm.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_help_documents_every_option(tmp_path):
+    r = cli("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for cmd in ("segment", "depth", "refer", "segment-open", "chat", "demo"):
+        assert f"=== densemllm {cmd} ===" in r.stdout
+    for opt in ("--model", "--classes", "--background", "--scale", "--prompt", "--all-classes", "--dataset",
+                "--focal-length", "--expression", "--crop-short-side", "--max-boxes", "--text", "--out-dir",
+                "--threads", "--backend", "--max-new-tokens", "--out", "--seed"):
+        assert opt in r.stdout, opt
+
+
+def test_segment_writes_exact_labels_picture_and_text(tmp_path):
+    model = build(tmp_path, rows={"cat": e((0, 1.0)), "dog": e((1, 1.0))})
+    Image.fromarray(band_image(["red", "green"])).save(tmp_path / "in.png")
+    r = cli("segment", "--model", model.path, "in.png", "--classes", "cat,dog", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    labels = np.load(tmp_path / "in.segment.npy")
+    want = np.zeros((64, 64), np.int32)
+    want[32:] = 1
+    np.testing.assert_array_equal(labels, want)
+    assert Image.open(tmp_path / "in.segment.png").size[1] == 64
+    assert (tmp_path / "in.segment.txt").read_text().strip() == "<mask>(0,2048)(1,2048)</mask>"
+    assert "0=cat (50.0%)" in r.stdout
+
+
+def test_other_commands_on_a_random_checkpoint(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck", seed=1)
+    img = np.tile(np.array(COLOURS["blue"], np.uint8), (64, 96, 1))
+    Image.fromarray(img).save(tmp_path / "x.png")
+    r = cli("depth", "--model", ck, "x.png", "--dataset", "NYUv2", "--out", "o/d", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = np.load(tmp_path / "o/d.npy")
+    assert d.shape == (64, 96) and d.dtype == np.float32 and np.nanmax(d) <= 10.0
+    assert (tmp_path / "o/d.png").exists()
+    r = cli("refer", "--model", ck, "x.png", "--expression", "the sky", "--crop-short-side", "64",
+            "--max-new-tokens", "6", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "x.refer.npy").dtype == bool
+    r = cli("segment-open", "--model", ck, "x.png", "--max-new-tokens", "6", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "x.segment-open.npy").shape == (64, 96)
+    r = cli("chat", "--model", ck, "x.png", "--text", "What is it?", "--max-new-tokens", "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_errors_exit_2_with_a_message(tmp_path):
+    ck = make_checkpoint(tmp_path / "ck", seed=1)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "tiny.png")
+    r = cli("segment", "--model", ck, "tiny.png", "--classes", "a,b", cwd=tmp_path)
+    assert r.returncode == 2 and "smaller than one merged" in r.stderr
+    r = cli("segment", "--model", ck, "missing.png", "--classes", "a", cwd=tmp_path)
+    assert r.returncode == 2 and "missing.png" in r.stderr
+    r = cli("depth", "--model", ck, "tiny.png", "--dataset", "KITTI", cwd=tmp_path)
+    assert r.returncode == 2  # argparse rejects the choice
+
+
+def test_demo_says_weights_are_random(tmp_path):
+    r = cli("demo", "--out-dir", tmp_path / "demo", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM weights" in r.stdout
+    labels = np.load(tmp_path / "demo" / "demo.segment.npy")
+    assert labels.shape == (96, 128) and set(np.unique(labels)) <= {0, 1}
