@@ -67,11 +67,15 @@ def ntpm_loss(logits, positives, valid=None, k=32, reduction="sum", variant="ntp
         labels: "ntp_ce" only, int [L] (-1 = ignore); default the first valid positive.
     reduction: "sum" (default, Eq. 5), "mean" over active tokens, or "none".
     threads: thread count for this call (default: densemllm.get_num_threads()).
-    grad: False to skip the gradient. out: optional float32 [L, V] buffer for it.
+    grad: True (dense), False (skip it), or "sparse" (ntpm / ohem only: the same
+        gradient as CSR, no [L, V] buffer). out: optional float32 [L, V] buffer for
+        the dense gradient (zeroed and filled).
 
     Returns (loss, grad): loss is a float (an f32 [L] array of token losses for
     reduction="none"), grad the f32 [L, V] gradient of the (summed for "none") loss,
-    zero outside the selected terms, or None with grad=False.
+    zero outside the selected terms; None with grad=False; with grad="sparse" a tuple
+    (offsets int64 [L+1], ids int64, values float32): token i's nonzero gradient
+    entries are ids/values[offsets[i]:offsets[i+1]], ids ascending.
     """
     if not isinstance(logits, np.ndarray):
         raise TypeError(f"logits: expected a numpy.ndarray, got {type(logits).__name__}")
@@ -106,6 +110,10 @@ def ntpm_loss(logits, positives, valid=None, k=32, reduction="sum", variant="ntp
             mask = np.ascontiguousarray(valid, dtype=np.uint8)
         else:
             valid_offsets, valid_ids = _csr(valid, L, "valid")
+    if grad not in (True, False, "sparse"):
+        raise ValueError(f"grad must be True, False or 'sparse', got {grad!r}")
+    if grad == "sparse" and variant not in ("ntpm", "ohem"):
+        raise ValueError(f"grad='sparse' is only available for variants 'ntpm' and 'ohem', not {variant!r}")
     if labels is not None:
         if variant != "ntp_ce":
             raise ValueError("labels only apply to variant='ntp_ce'")
@@ -118,7 +126,14 @@ def ntpm_loss(logits, positives, valid=None, k=32, reduction="sum", variant="ntp
     loss, token_losses, g, _ = _core.ntpm_loss(
         logits, pos_offsets, pos_ids, valid_mask=mask, valid_offsets=valid_offsets, valid_ids=valid_ids,
         labels=labels, k=k, variant=variant, reduction=reduction, gamma=float(gamma), alpha=float(alpha),
-        ohem_ratio=float(ohem_ratio), bf16=bool(bf16), threads=threads, grad=bool(grad), out=out)
+        ohem_ratio=float(ohem_ratio), bf16=bool(bf16), threads=threads,
+        grad="sparse" if grad == "sparse" else bool(grad), out=out)
+    if grad == "sparse":  # padded [L, S] rows -> CSR
+        ids, vals, count = g
+        keep = np.arange(ids.shape[1]) < count[:, None]
+        offsets = np.zeros(L + 1, dtype=np.int64)
+        np.cumsum(count, out=offsets[1:])
+        g = (offsets, ids[keep].astype(np.int64), vals[keep])
     return (token_losses if reduction == "none" else loss), g
 
 

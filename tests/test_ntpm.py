@@ -382,6 +382,26 @@ def test_gradient_is_sparse_for_ntpm():
     assert (np.count_nonzero(g, axis=1) == 35).all()
 
 
+@pytest.mark.parametrize("variant", ["ntpm", "ohem"])
+@pytest.mark.parametrize("valid_mode", ["none", "mask", "sets"])
+def test_sparse_gradient_equals_dense(variant, valid_mode):
+    rng = np.random.default_rng(zlib.crc32(f"sparse/{variant}/{valid_mode}".encode()))
+    z, pos, valid = make_case(rng, 13, 150, valid_mode=valid_mode)
+    kw = dict(k=7, variant=variant, ohem_ratio=2.0, reduction="mean")
+    l1, g = ntpm_loss(z, pos, valid, **kw)
+    l2, (offsets, ids, vals) = ntpm_loss(z, pos, valid, grad="sparse", **kw)
+    assert l1 == l2 and offsets.shape == (14,) and offsets[-1] == len(ids) == len(vals)
+    dense = np.zeros_like(g)
+    for i in range(13):
+        row = ids[offsets[i]:offsets[i + 1]]
+        assert np.all(np.diff(row) > 0)  # ascending, no duplicates
+        dense[i, row] = vals[offsets[i]:offsets[i + 1]]
+    assert np.array_equal(dense, g)
+    assert len(ids) == np.count_nonzero(g)  # exactly the nonzeros (logits keep sigmoid > 0)
+    with pytest.raises(ValueError, match="sparse"):
+        ntpm_loss(z, pos, valid, grad="sparse", variant="bce")
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(L=st.integers(0, 6), V=st.integers(1, 80), k=st.integers(0, 90), seed=st.integers(0, 2**31 - 1),
        variant=st.sampled_from(VARIANTS), valid_mode=st.sampled_from(["none", "mask", "sets"]),
@@ -460,6 +480,8 @@ def test_bad_inputs():
         ntpm_loss(z, ok, out=z)
     with pytest.raises(ValueError, match="threads"):
         ntpm_loss(z, ok, threads=0)
+    with pytest.raises(ValueError, match="grad must be"):
+        ntpm_loss(z, ok, grad="dense-ish")
     zn = z.copy()
     zn[1, 4] = np.nan
     with pytest.raises(ValueError, match="NaN at token 1, id 4"):

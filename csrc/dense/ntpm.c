@@ -143,10 +143,30 @@ typedef struct {
     double scale;        /* 1 or 1 / n_active */
 } ctx;
 
+/* Sort the first n (id, value) pairs by id (shell sort: n is |P| + k, small). */
+static void sort_pairs(int32_t *id, float *val, int64_t n) {
+    static const int64_t gaps[] = {701, 301, 132, 57, 23, 10, 4, 1};
+    for (int gi = 0; gi < 8; gi++) {
+        int64_t gap = gaps[gi];
+        for (int64_t i = gap; i < n; i++) {
+            int32_t ti = id[i];
+            float tv = val[i];
+            int64_t j = i;
+            for (; j >= gap && id[j - gap] > ti; j -= gap) {
+                id[j] = id[j - gap];
+                val[j] = val[j - gap];
+            }
+            id[j] = ti;
+            val[j] = tv;
+        }
+    }
+}
+
 /* One token: returns its loss (0 when masked); writes its gradient row (scaled by
- * c->scale) into g when g is not NULL (g is all zeros on entry). */
+ * c->scale) into g when g is not NULL (g is all zeros on entry), and for ntpm/ohem
+ * its nonzero entries, ids ascending, into sid, sval (count in scount) when sid is not NULL. */
 static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *z, float *g,
-                              errbox *err) {
+                              int32_t *sid, float *sval, int64_t *scount, errbox *err) {
     const ntpm_args *a = c->a;
     const int64_t V = a->V;
     const int per_token = a->valid_offsets != NULL;
@@ -155,6 +175,7 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
     const int64_t *pids = a->pos_ids + a->pos_offsets[i];
     const int64_t npl = a->pos_offsets[i + 1] - a->pos_offsets[i];
     double loss = 0;
+    if (scount) *scount = 0;
 
     /* Valid set M_i and positives P_i = valid ids with y = 1 (deduplicated). */
     int64_t nM;
@@ -243,13 +264,21 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
         double lp = 0, ln = 0;
         for (int64_t j = 0; j < np; j++) {
             double x = z[s->pos[j]];
+            float gv = (float)(-sigmoid(-x) / pos_div * sc);
             lp += softplus(-x);
-            if (g) g[s->pos[j]] = (float)(-sigmoid(-x) / pos_div * sc);
+            if (g) g[s->pos[j]] = gv;
+            if (sid) { sid[j] = s->pos[j]; sval[j] = gv; }
         }
         for (int64_t j = 0; j < nsel; j++) {
             double x = z[s->hid[j]];
+            float gv = (float)(sigmoid(x) / neg_div * sc);
             ln += softplus(x);
-            if (g) g[s->hid[j]] = (float)(sigmoid(x) / neg_div * sc);
+            if (g) g[s->hid[j]] = gv;
+            if (sid) { sid[np + j] = s->hid[j]; sval[np + j] = gv; }
+        }
+        if (sid) {
+            sort_pairs(sid, sval, np + nsel);
+            *scount = np + nsel;
         }
         loss = (np ? lp / pos_div : 0) + (nsel ? ln / neg_div : 0);
         break;
@@ -431,23 +460,43 @@ static int token_active(const ntpm_args *a, int64_t mask_count, int64_t i, uint8
     return found;
 }
 
+/* Heap capacity: the most negatives any token can keep. */
+static int64_t heap_capacity(const ntpm_args *a, int64_t max_pos) {
+    if (a->variant == NTPM_VARIANT_NTPM) return a->k < a->V ? a->k : a->V;
+    if (a->variant == NTPM_VARIANT_OHEM) {
+        double want = ceil(a->ohem_ratio * (double)(max_pos > 0 ? max_pos : 1));
+        return want < (double)a->V ? (int64_t)want : a->V;
+    }
+    return 0;
+}
+
+dm_status ntpm_sparse_stride(const ntpm_args *a, int64_t *stride) {
+    int64_t mask_count = 0, max_pos = 0;
+    DM_TRY(validate(a, &mask_count, &max_pos));
+    if (a->variant != NTPM_VARIANT_NTPM && a->variant != NTPM_VARIANT_OHEM)
+        return dm_fail(DM_ERR_VALUE, "ntpm: a sparse gradient is only available for variants ntpm and ohem");
+    int64_t st = max_pos + heap_capacity(a, max_pos);
+    *stride = st < a->V ? st : a->V;
+    return DM_OK;
+}
+
 dm_status ntpm_forward_backward(const ntpm_args *a, double *loss, float *token_loss, float *grad,
-                                int grad_zeroed, int64_t *n_active) {
+                                int grad_zeroed, const ntpm_sparse_grad *sparse, int64_t *n_active) {
     int64_t mask_count = 0, max_pos = 0;
     DM_TRY(validate(a, &mask_count, &max_pos));
     const int64_t L = a->L, V = a->V;
+    if (sparse) {
+        int64_t need = 0;
+        DM_TRY(ntpm_sparse_stride(a, &need));
+        if (sparse->stride < need || !sparse->ids || !sparse->vals || !sparse->count)
+            return dm_fail(DM_ERR_VALUE, "ntpm: sparse gradient needs a stride of at least %lld, got %lld",
+                           (long long)need, (long long)sparse->stride);
+    }
     dm_threads_enter();
     int nt = a->threads > 0 ? a->threads : dm_get_num_threads();
     if (nt > L) nt = L > 0 ? (int)L : 1;
 
-    /* Heap capacity: the most negatives any token can keep. */
-    int64_t cap = 0;
-    if (a->variant == NTPM_VARIANT_NTPM) {
-        cap = a->k < V ? a->k : V;
-    } else if (a->variant == NTPM_VARIANT_OHEM) {
-        double want = ceil(a->ohem_ratio * (double)(max_pos > 0 ? max_pos : 1));
-        cap = want < (double)V ? (int64_t)want : V;
-    }
+    int64_t cap = heap_capacity(a, max_pos);
     const int needs_list = a->valid_offsets || (a->variant != NTPM_VARIANT_NTPM && a->variant != NTPM_VARIANT_OHEM);
 
     dm_status st = DM_OK;
@@ -478,12 +527,15 @@ dm_status ntpm_forward_backward(const ntpm_args *a, double *loss, float *token_l
     for (int64_t i = 0; i < L; i++) {
         scratch *s = &sc[omp_get_thread_num()];
         tl[i] = 0;
+        if (sparse) sparse->count[i] = 0;
         float *g = grad ? grad + i * V : NULL;
         if (g && !grad_zeroed) memset(g, 0, (size_t)V * sizeof(float));
         if (atomic_load(&err.failed)) continue;
         const float *z = a->logits ? a->logits + i * V : s->row;
         if (!a->logits) dm_bf16_to_f32_n(s->row, a->logits_bf16 + i * V, (size_t)V);
-        tl[i] = token_loss_grad(&c, s, i, z, g, &err);
+        tl[i] = token_loss_grad(&c, s, i, z, g, sparse ? sparse->ids + i * sparse->stride : NULL,
+                                sparse ? sparse->vals + i * sparse->stride : NULL,
+                                sparse ? sparse->count + i : NULL, &err);
     }
     if (atomic_load(&err.failed)) {
         st = dm_fail(DM_ERR_VALUE, "ntpm: %s", err.msg);

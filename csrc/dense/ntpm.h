@@ -59,6 +59,19 @@ typedef struct {
     int threads;        /* <= 0: the library's thread count */
 } ntpm_args;
 
+/* The gradient of ntpm / ohem in sparse form: token i's nonzero entries are
+ * ids[i*stride .. +count[i]) (ascending) with values vals[...]. */
+typedef struct {
+    int64_t stride;  /* >= ntpm_sparse_stride() */
+    int32_t *ids;    /* [L, stride] */
+    float *vals;     /* [L, stride] */
+    int64_t *count;  /* [L] */
+} ntpm_sparse_grad;
+
+/* Validates `a` and gives the per-token capacity a sparse gradient needs (the most
+ * positives of a token + the most negatives kept). ntpm and ohem only. */
+dm_status ntpm_sparse_stride(const ntpm_args *a, int64_t *stride);
+
 /* Computes the loss of `a` and its gradient with respect to the logits.
  *   loss       : the reduced loss (sum or mean; for NONE the sum), may be NULL
  *   token_loss : [L] per-token losses (0 for masked tokens), may be NULL
@@ -66,11 +79,12 @@ typedef struct {
  *                entry outside the selected terms is 0. With grad_zeroed != 0 the
  *                caller promises grad is already all zeros (e.g. calloc'd) and only
  *                the nonzero entries are written.
+ *   sparse     : the same gradient as (ids, values) per token, or NULL (ntpm / ohem)
  *   n_active   : number of tokens that are not masked, may be NULL
  * Errors (DM_ERR_VALUE): bad sizes or offsets, ids out of range, k < 0, bad
  * variant parameters, NaN logits among a token's valid ids, an ntp_ce label
  * outside the token's valid set. DM_ERR_NOMEM when scratch cannot be allocated. */
 dm_status ntpm_forward_backward(const ntpm_args *a, double *loss, float *token_loss, float *grad,
-                                int grad_zeroed, int64_t *n_active);
+                                int grad_zeroed, const ntpm_sparse_grad *sparse, int64_t *n_active);
 
 #endif

@@ -30,8 +30,10 @@ static int int64_array(PyObject *obj, const char *what, npy_intp n, const int64_
  *           valid_ids=None, labels=None, k=32, variant="ntpm", reduction="sum",
  *           gamma=2.0, alpha=0.25, ohem_ratio=3.0, bf16=False, threads=0,
  *           grad=True, out=None)
- *   -> (loss: float, token_losses: f32[L] | None, grad: f32[L, V] | None, n_active: int)
- * token_losses is returned for reduction="none" only. */
+ *   -> (loss: float, token_losses: f32[L] | None, grad, n_active: int)
+ * token_losses is returned for reduction="none" only. grad: True -> f32 [L, V],
+ * False -> None, "sparse" -> (ids int32 [L, S], values f32 [L, S], count int64 [L])
+ * (token i's nonzero entries are the first count[i] of its row, ids ascending). */
 static PyObject *py_ntpm_loss(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"logits", "pos_offsets", "pos_ids", "valid_mask", "valid_offsets", "valid_ids",
                              "labels", "k", "variant", "reduction", "gamma", "alpha", "ohem_ratio", "bf16",
@@ -41,11 +43,24 @@ static PyObject *py_ntpm_loss(PyObject *self, PyObject *args, PyObject *kw) {
     long long k = 32;
     const char *variant = "ntpm", *reduction = "sum";
     double gamma = 2.0, alpha = 0.25, ohem_ratio = 3.0;
-    int bf16 = 0, threads = 0, want_grad = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$OOOOLssdddpipO", kwlist, &logits_obj, &po_obj, &pi_obj,
+    int bf16 = 0, threads = 0, want_grad = 1, want_sparse = 0;
+    PyObject *grad_obj = Py_True;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$OOOOLssdddpiOO", kwlist, &logits_obj, &po_obj, &pi_obj,
                                      &mask_obj, &vo_obj, &vi_obj, &labels_obj, &k, &variant, &reduction, &gamma,
-                                     &alpha, &ohem_ratio, &bf16, &threads, &want_grad, &out_obj))
+                                     &alpha, &ohem_ratio, &bf16, &threads, &grad_obj, &out_obj))
         return NULL;
+    if (grad_obj == Py_True) {
+        want_grad = 1;
+    } else if (grad_obj == Py_False) {
+        want_grad = 0;
+    } else if (PyUnicode_Check(grad_obj) && PyUnicode_CompareWithASCIIString(grad_obj, "sparse") == 0) {
+        want_grad = 0;
+        want_sparse = 1;
+    } else {
+        return PyErr_Format(PyExc_ValueError, "grad must be True, False or 'sparse', got %R", grad_obj);
+    }
+    if (want_sparse && out_obj != Py_None)
+        return PyErr_Format(PyExc_ValueError, "out is for the dense gradient, not grad='sparse'");
 
     ntpm_args a;
     memset(&a, 0, sizeof a);
@@ -126,19 +141,49 @@ static PyObject *py_ntpm_loss(PyObject *self, PyObject *args, PyObject *kw) {
         if (!tl) { Py_XDECREF(grad); return NULL; }
     }
 
+    PyArrayObject *sp_ids = NULL, *sp_vals = NULL, *sp_count = NULL;
+    ntpm_sparse_grad sparse = {0};
+    if (want_sparse) {
+        dm_status s0 = ntpm_sparse_stride(&a, &sparse.stride);
+        if (s0 != DM_OK) {
+            Py_XDECREF(tl);
+            return dm_py_raise(s0);
+        }
+        npy_intp d2[2] = {L, (npy_intp)sparse.stride}, d1[1] = {L};
+        sp_ids = (PyArrayObject *)PyArray_SimpleNew(2, d2, NPY_INT32);
+        sp_vals = (PyArrayObject *)PyArray_SimpleNew(2, d2, NPY_FLOAT32);
+        sp_count = (PyArrayObject *)PyArray_SimpleNew(1, d1, NPY_INT64);
+        if (!sp_ids || !sp_vals || !sp_count) {
+            Py_XDECREF(sp_ids);
+            Py_XDECREF(sp_vals);
+            Py_XDECREF(sp_count);
+            Py_XDECREF(tl);
+            return NULL;
+        }
+        sparse.ids = PyArray_DATA(sp_ids);
+        sparse.vals = PyArray_DATA(sp_vals);
+        sparse.count = PyArray_DATA(sp_count);
+    }
+
     double loss = 0;
     int64_t n_active = 0;
     dm_status st;
     Py_BEGIN_ALLOW_THREADS
     st = ntpm_forward_backward(&a, &loss, tl ? (float *)PyArray_DATA(tl) : NULL,
-                               grad ? (float *)PyArray_DATA(grad) : NULL, grad_zeroed, &n_active);
+                               grad ? (float *)PyArray_DATA(grad) : NULL, grad_zeroed,
+                               want_sparse ? &sparse : NULL, &n_active);
     Py_END_ALLOW_THREADS
     if (st != DM_OK) {
         Py_XDECREF(grad);
         Py_XDECREF(tl);
+        Py_XDECREF(sp_ids);
+        Py_XDECREF(sp_vals);
+        Py_XDECREF(sp_count);
         return dm_py_raise(st);
     }
     PyObject *tl_res = tl ? (PyObject *)tl : (Py_INCREF(Py_None), Py_None);
+    if (want_sparse)
+        return Py_BuildValue("(dN(NNN)L)", loss, tl_res, sp_ids, sp_vals, sp_count, (long long)n_active);
     PyObject *g_res = grad ? (PyObject *)grad : (Py_INCREF(Py_None), Py_None);
     return Py_BuildValue("(dNNL)", loss, tl_res, g_res, (long long)n_active);
 }
