@@ -19,24 +19,37 @@ def tiny(tmp_path_factory):
     return path, densemllm.load(path), hf_model(path)
 
 
-def hf_generate(ref, ids, n, **kw):
+def hf_generate(ref, ids, n, eos, **kw):
     with torch.no_grad():
         out = ref.generate(torch.tensor([list(ids)]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                           max_new_tokens=n, min_new_tokens=n, do_sample=False, top_k=None, top_p=None,
-                           temperature=None, **kw)
+                           max_new_tokens=n, do_sample=False, top_k=None, top_p=None, temperature=None,
+                           eos_token_id=eos, pad_token_id=eos, **kw)
     return out[0, len(ids):].tolist()
+
+
+def rare_eos(model):
+    """An end token both sides use that the random model does not emit within
+    these prompts (so 32 tokens are really compared; a real eos would also end
+    both sequences at the same place)."""
+    return model.tokenizer.token_to_id("<custom_999>")
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 def test_greedy_matches_transformers_generate(tiny, penalty):
     path, model, ref = tiny
     ids = random_ids(model, 12, seed=7)
-    want = hf_generate(ref, ids, 32, repetition_penalty=penalty)
+    eos = rare_eos(model)
+    want = hf_generate(ref, ids, 32, eos, repetition_penalty=penalty)
     sess = model.prefill(ids)
-    # min_new_tokens on the reference = no eos stop here either
-    got = list(sess.generate_ids(32, do_sample=False, repetition_penalty=penalty, eos_token_id=[]))
+    got = list(sess.generate_ids(32, do_sample=False, repetition_penalty=penalty, eos_token_id=[eos]))
     assert len(want) == 32
     assert got == want
+    # with the checkpoint's own eos ids: HF stops after emitting one, we stop before
+    eos_ids = list(model.config.eos_token_id)
+    want = hf_generate(ref, ids, 32, eos_ids, repetition_penalty=penalty)
+    if want and want[-1] in eos_ids:
+        want = want[:-1]
+    assert list(model.prefill(ids).generate_ids(32, do_sample=False, repetition_penalty=penalty)) == want
 
 
 def test_official_defaults_are_effectively_greedy(tiny):
@@ -45,10 +58,12 @@ def test_official_defaults_are_effectively_greedy(tiny):
     with the same penalty, whatever the seed."""
     path, model, ref = tiny
     ids = random_ids(model, 10, seed=8)
-    want = hf_generate(ref, ids, 32, repetition_penalty=1.05)
+    eos = rare_eos(model)
+    want = hf_generate(ref, ids, 32, eos, repetition_penalty=1.05)
+    assert len(want) == 32
     for seed in (0, 1):
         sess = model.prefill(ids)
-        assert list(sess.generate_ids(32, seed=seed, eos_token_id=[])) == want
+        assert list(sess.generate_ids(32, seed=seed, eos_token_id=[eos])) == want
 
 
 def hf_process(logits, history, temperature, top_k, top_p, penalty):
@@ -114,10 +129,11 @@ def test_seeded_sampling_is_deterministic(tiny):
 def test_greedy_when_temperature_zero_or_no_sampling(tiny):
     _, model, ref = tiny
     ids = random_ids(model, 9, seed=10)
-    want = hf_generate(ref, ids, 16)
-    got0 = list(model.prefill(ids).generate_ids(16, temperature=0.0, repetition_penalty=1.0, eos_token_id=[]))
+    eos = rare_eos(model)
+    want = hf_generate(ref, ids, 16, eos)
+    got0 = list(model.prefill(ids).generate_ids(16, temperature=0.0, repetition_penalty=1.0, eos_token_id=[eos]))
     got1 = list(model.prefill(ids).generate_ids(16, do_sample=False, temperature=5.0, top_k=2,
-                                                 repetition_penalty=1.0, eos_token_id=[]))
+                                                 repetition_penalty=1.0, eos_token_id=[eos]))
     assert got0 == want and got1 == want
 
 
