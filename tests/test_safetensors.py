@@ -281,3 +281,60 @@ def test_metadata_and_escapes_accepted(tmp_path):
     c = Checkpoint([str(f)])
     assert c.names() == sorted(["caf\u00e9.\U0001F600", "e"])
     assert float(c.get("caf\u00e9.\U0001F600")) == 2.5 and c.get("e").shape == (0, 3)
+
+
+# -- fuzzing: any byte-level damage gives a clean load or a CheckpointError --------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALID = None
+
+
+def _valid_bytes():
+    global _VALID
+    if _VALID is None:
+        from safetensors.numpy import save
+
+        _VALID = save({"a.w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.uint8),
+                       "c\u00e9": np.zeros((2, 2), np.float16)}, metadata={"format": "pt"})
+    return _VALID
+
+
+def _load_or_reject(tmp_path, data):
+    f = tmp_path / "fuzz.safetensors"
+    f.write_bytes(data)
+    try:
+        c = Checkpoint([str(f)])
+    except CheckpointError as e:
+        assert str(f) in str(e)
+        return
+    # Accepted: every tensor must lie inside the file (reading it must not fault).
+    for n in c.names():
+        a = c.get(n)
+        assert a.nbytes <= len(data)
+        assert len(a.tobytes()) == a.nbytes
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, 10**6)))
+def test_fuzz_byte_edits(tmp_path, edits, cut):
+    data = bytearray(_valid_bytes())
+    for pos, val in edits:
+        data[pos % len(data)] = val
+    if cut is not None:
+        data = data[:cut % (len(data) + 1)]
+    _load_or_reject(tmp_path, bytes(data))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.one_of(
+    st.binary(max_size=200),
+    st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+                 lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=6), ch, max_size=4),
+                 max_leaves=12).map(lambda v: json.dumps({"t": v}).encode())),
+    data=st.binary(max_size=64))
+def test_fuzz_headers(tmp_path, header, data):
+    h = header + b" " * (-len(header) % 8)
+    _load_or_reject(tmp_path, struct.pack("<Q", len(h)) + h + data)
