@@ -23,7 +23,7 @@ def hf_generate(ref, ids, n, eos, **kw):
     with torch.no_grad():
         out = ref.generate(torch.tensor([list(ids)]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                            max_new_tokens=n, do_sample=False, top_k=None, top_p=None, temperature=None,
-                           eos_token_id=eos, pad_token_id=eos, **kw)
+                           eos_token_id=eos, pad_token_id=eos[0] if isinstance(eos, list) else eos, **kw)
     return out[0, len(ids):].tolist()
 
 
