@@ -34,6 +34,25 @@ static inline double sigmoid(double x) {
     return e / (1.0 + e);
 }
 
+/* The full-scan variants evaluate every valid id: there the math is float32 with one
+ * expf and one log1pf per id (a few ulps, far inside the 1e-5 contract; sums stay
+ * double). For x: e = exp(-|x|), l = log1p(e), d = 1 + e, so softplus(+-x) =
+ * max(+-x, 0) + l, sigmoid(x) = (x >= 0 ? 1 : e) / d, sigmoid(-x) = (x >= 0 ? e : 1) / d. */
+typedef struct {
+    float sp_pos, sp_neg;   /* softplus(x), softplus(-x) */
+    float sig_pos, sig_neg; /* sigmoid(x), sigmoid(-x) */
+} sp_sig;
+
+static inline sp_sig sp_sig_f(float x) {
+    float e = expf(-fabsf(x)), l = log1pf(e), d = 1.0f + e;
+    sp_sig r;
+    r.sp_pos = fmaxf(x, 0.0f) + l;
+    r.sp_neg = fmaxf(-x, 0.0f) + l;
+    r.sig_pos = (x >= 0 ? 1.0f : e) / d;
+    r.sig_neg = (x >= 0 ? e : 1.0f) / d;
+    return r;
+}
+
 /* Heap order: "a is worse than b" = smaller logit, or equal logit and larger id. */
 static inline int worse(float za, int32_t ia, float zb, int32_t ib) {
     return za < zb || (za == zb && ia > ib);
@@ -302,10 +321,11 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
             lp += softplus(-x);
             if (g) g[s->pos[j]] = (float)(-sigmoid(-x) * wp * sc);
         }
+        const float gwn = (float)(wn * sc);
         for (int64_t j = 0; j < nneg; j++) {
-            double x = z[s->neg[j]];
-            ln += softplus(x);
-            if (g) g[s->neg[j]] = (float)(sigmoid(x) * wn * sc);
+            sp_sig r = sp_sig_f(z[s->neg[j]]);
+            ln += r.sp_pos;
+            if (g) g[s->neg[j]] = r.sig_pos * gwn;
         }
         loss = wp * lp + wn * ln;
         break;
@@ -314,17 +334,19 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
         /* FL = -alpha_t (1 - p_t)^gamma log p_t with p_t = sigmoid(s z), s = +1 for a
          * positive, -1 for a negative; dFL/dz = s alpha_t (gamma p_t q^gamma log p_t - q^(gamma+1)),
          * q = 1 - p_t = sigmoid(-s z) (no q^(gamma-1), so finite at q = 0). */
-        const double gm = a->gamma, inv = 1.0 / (double)nM;
+        const float gm = (float)a->gamma;
+        const double inv = 1.0 / (double)nM;
         double sum = 0;
         for (int64_t j = 0; j < np + nneg; j++) {
             int is_pos = j < np;
             int32_t v = is_pos ? s->pos[j] : s->neg[j - np];
-            double sg = is_pos ? 1.0 : -1.0, x = sg * (double)z[v];
-            double at = a->alpha < 0 ? 1.0 : (is_pos ? a->alpha : 1.0 - a->alpha);
-            double logp = -softplus(-x), q = sigmoid(-x), pt = sigmoid(x);
-            double qg = pow(q, gm);
-            sum += -at * qg * logp;
-            if (g) g[v] = (float)(sg * at * (gm * pt * qg * logp - qg * q) * inv * sc);
+            float sg = is_pos ? 1.0f : -1.0f;
+            float at = a->alpha < 0 ? 1.0f : (float)(is_pos ? a->alpha : 1.0 - a->alpha);
+            sp_sig r = sp_sig_f(sg * z[v]); /* of x = s z: p_t = sig_pos, q = sig_neg */
+            float logp = -r.sp_neg, q = r.sig_neg, pt = r.sig_pos;
+            float qg = powf(q, gm);
+            sum += (double)(-at * qg * logp);
+            if (g) g[v] = (float)((double)(sg * at * (gm * pt * qg * logp - qg * q)) * inv * sc);
         }
         loss = sum * inv;
         break;
@@ -352,14 +374,23 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
         double m = -INFINITY;
         for (int64_t j = 0; j < np; j++) m = fmax(m, z[s->pos[j]]);
         for (int64_t j = 0; j < nneg; j++) m = fmax(m, z[s->neg[j]]);
+        /* one exp per id: e^(z - m) is summed and, with a gradient, parked in g and
+         * scaled by 1 / sum afterwards */
         double se = 0;
-        for (int64_t j = 0; j < np; j++) se += exp((double)z[s->pos[j]] - m);
-        for (int64_t j = 0; j < nneg; j++) se += exp((double)z[s->neg[j]] - m);
+        for (int64_t j = 0; j < np + nneg; j++) {
+            int32_t v = j < np ? s->pos[j] : s->neg[j - np];
+            double e = exp((double)z[v] - m);
+            se += e;
+            if (g) g[v] = (float)e;
+        }
         double lse = m + log(se);
         loss = lse - (double)z[label];
         if (g) {
-            for (int64_t j = 0; j < np; j++) g[s->pos[j]] = (float)(exp((double)z[s->pos[j]] - lse) * sc);
-            for (int64_t j = 0; j < nneg; j++) g[s->neg[j]] = (float)(exp((double)z[s->neg[j]] - lse) * sc);
+            const float f = (float)(sc / se);
+            for (int64_t j = 0; j < np + nneg; j++) {
+                int32_t v = j < np ? s->pos[j] : s->neg[j - np];
+                g[v] *= f;
+            }
             /* p_label - 1 without cancellation */
             g[label] = (float)(expm1((double)z[label] - lse) * sc);
         }
