@@ -402,6 +402,17 @@ def test_sparse_gradient_equals_dense(variant, valid_mode):
         ntpm_loss(z, pos, valid, grad="sparse", variant="bce")
 
 
+def test_infinite_logits_give_limit_gradients():
+    z = np.zeros((1, 10), np.float32)
+    z[0, 3], z[0, 1] = np.inf, -np.inf  # a certain negative, a hopeless positive
+    loss, g = ntpm_loss(z, [[1]], k=2)
+    assert loss == np.inf
+    assert g[0, 1] == -1.0 and g[0, 3] == 0.5 and g[0, 0] == 0.25  # -sig(inf)/|P|, sig(.)/k
+    for variant in ("bce", "individual", "balanced", "focal", "ohem"):
+        loss, g = ntpm_loss(z, [[1]], variant=variant)
+        assert loss == np.inf and np.isfinite(g).all(), variant
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(L=st.integers(0, 6), V=st.integers(1, 80), k=st.integers(0, 90), seed=st.integers(0, 2**31 - 1),
        variant=st.sampled_from(VARIANTS), valid_mode=st.sampled_from(["none", "mask", "sets"]),

@@ -346,7 +346,8 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
             float logp = -r.sp_neg, q = r.sig_neg, pt = r.sig_pos;
             float qg = powf(q, gm);
             sum += (double)(-at * qg * logp);
-            if (g) g[v] = (float)((double)(sg * at * (gm * pt * qg * logp - qg * q)) * inv * sc);
+            float ptlog = pt > 0 ? pt * logp : 0.0f; /* p log p -> 0 as p -> 0 (z = +-inf) */
+            if (g) g[v] = (float)((double)(sg * at * (gm * ptlog * qg - qg * q)) * inv * sc);
         }
         loss = sum * inv;
         break;
