@@ -1,6 +1,7 @@
 #include "dense/dense.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -144,35 +145,87 @@ dm_status dense_upsample_bilinear(float *out, const float *in, int64_t h, int64_
     return DM_OK;
 }
 
+/* Label of one output pixel from the row-blended source row: argmax over the C
+ * interpolated channels (first maximum wins, like torch.argmax; all-NaN -> 0); in
+ * background mode a constant line `theta` comes first and wins ties. */
+static inline int32_t pixel_label(const float *row, const tap *t, int64_t C, float *v, int background,
+                                  float theta) {
+    const float *a = row + t->i0 * C, *b = row + t->i1 * C;
+    const float l0 = t->l0, l1 = t->l1;
+    float m = -INFINITY;
+    #pragma omp simd reduction(max : m)
+    for (int64_t c = 0; c < C; c++) {
+        float x = l0 * a[c] + l1 * b[c];
+        v[c] = x;
+        m = x > m ? x : m;
+    }
+    int64_t arg = 0;
+    for (int64_t c = 0; c < C; c++)
+        if (v[c] == m) { arg = c; break; }
+    if (background) return m > theta ? (int32_t)arg + 1 : 0;
+    return (int32_t)arg;
+}
+
+/* Along one output row, pixels between the same two source columns see every channel
+ * as a LINEAR function of the blend weight; the maximum of linear functions is
+ * convex, so when the same line wins at both ends of a stretch it wins throughout.
+ * Bisect until the ends agree: far fewer full evaluations than pixels. */
+static void fill_run(int32_t *out, const float *row, const tap *tx, int64_t C, float *v, int background,
+                     float theta, int64_t lo, int64_t hi, int32_t llo, int32_t lhi) {
+    while (1) {
+        if (llo == lhi) {
+            for (int64_t x = lo; x <= hi; x++) out[x] = llo;
+            return;
+        }
+        if (hi - lo <= 1) {
+            out[lo] = llo;
+            out[hi] = lhi;
+            return;
+        }
+        int64_t mid = lo + (hi - lo) / 2;
+        int32_t lm = pixel_label(row, &tx[mid], C, v, background, theta);
+        fill_run(out, row, tx, C, v, background, theta, lo, mid, llo, lm);
+        lo = mid;
+        llo = lm;
+    }
+}
+
 dm_status dense_upsample_argmax(int32_t *labels, const float *in, int64_t h, int64_t w, int64_t C,
                                 int64_t oh, int64_t ow, int background, float bg_scale,
                                 float bg_score) {
     DM_TRY(check_resize(h, w, C, oh, ow));
     if (C > INT32_MAX - 1) return dm_fail(DM_ERR_VALUE, "argmax: too many channels");
+    if (background && !(bg_scale > 0.0f && bg_score > 0.0f && bg_score < 1.0f))
+        return dm_fail(DM_ERR_VALUE, "argmax: background mode needs bg_scale > 0 and 0 < bg_score < 1 "
+                       "(got %g, %g)", (double)bg_scale, (double)bg_score);
+    /* sigmoid(s * z) > bg  <=>  z > logit(bg) / s (exact; no sigmoid rounding to 0.5) */
+    float theta = background ? logf(bg_score / (1.0f - bg_score)) / bg_scale : 0.0f;
     tap *ty = make_taps(h, oh, "argmax rows");
     tap *tx = ty ? make_taps(w, ow, "argmax cols") : NULL;
-    if (!tx) { dm_free(ty); return DM_ERR_NOMEM; }
-    #pragma omp parallel for schedule(static)
+    /* Per thread: the two source rows blended for the current output row ([w, C]),
+     * then one pixel's channel vector ([C]); both contiguous so the loops vectorise. */
+    int nt = omp_get_max_threads();
+    size_t per = (size_t)(w + 1) * (size_t)C;
+    float *scratch = tx ? dm_alloc((size_t)nt * per, sizeof(float), "argmax scratch") : NULL;
+    if (!scratch) { dm_free(tx); dm_free(ty); return DM_ERR_NOMEM; }
+    #pragma omp parallel for schedule(dynamic, 8)
     for (int64_t y = 0; y < oh; y++) {
+        float *row = scratch + (size_t)omp_get_thread_num() * per, *v = row + (size_t)w * C;
         const float *r0 = in + ty[y].i0 * w * C, *r1 = in + ty[y].i1 * w * C;
-        for (int64_t x = 0; x < ow; x++) {
-            /* first maximum wins (torch.argmax); NaN never wins */
-            float best = -INFINITY;
-            int64_t arg = 0;
-            for (int64_t c = 0; c < C; c++) {
-                float v = lerp2(r0, r1, &tx[x], &ty[y], C, c);
-                if (v > best) { best = v; arg = c; }
-            }
-            int32_t lab = (int32_t)arg;
-            if (background) {
-                /* sigmoid is monotonic: only the winning class can beat the background */
-                float p = 1.0f / (1.0f + expf(-bg_scale * best));
-                lab = p > bg_score ? (int32_t)arg + 1 : 0;
-            }
-            labels[y * ow + x] = lab;
+        const float l0y = ty[y].l0, l1y = ty[y].l1;
+        #pragma omp simd
+        for (int64_t i = 0; i < w * C; i++) row[i] = l0y * r0[i] + l1y * r1[i];
+        int32_t *out = labels + y * ow;
+        for (int64_t lo = 0; lo < ow;) {
+            int64_t hi = lo;
+            while (hi + 1 < ow && tx[hi + 1].i0 == tx[lo].i0 && tx[hi + 1].i1 == tx[lo].i1) hi++;
+            int32_t llo = pixel_label(row, &tx[lo], C, v, background, theta);
+            int32_t lhi = hi > lo ? pixel_label(row, &tx[hi], C, v, background, theta) : llo;
+            fill_run(out, row, tx, C, v, background, theta, lo, hi, llo, lhi);
+            lo = hi + 1;
         }
     }
-    dm_free(tx); dm_free(ty);
+    dm_free(scratch); dm_free(tx); dm_free(ty);
     return DM_OK;
 }
 
