@@ -467,9 +467,8 @@ static dm_status open_one(dm_checkpoint *c, const char *path, st_entry **entries
                        (long long)sb.st_size);
     }
     f->size = (size_t)sb.st_size;
-    /* MAP_PRIVATE read-only: pages come from the page cache, nothing is copied,
-     * and a later write to the file by someone else cannot corrupt us silently
-     * beyond what any reader would see. */
+    /* Read-only private mapping: the pages are the page cache's own (nothing is
+     * copied, nothing is resident until touched) and we can never write the file. */
     void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
     int map_errno = errno;
     close(fd);
