@@ -260,7 +260,8 @@ def load(path, dtype="auto", threads=None, backend=None):
         _core.set_num_threads(threads)
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+        what = "is a file, not a checkpoint directory" if path.exists() else "not found"
+        raise FileNotFoundError(f"checkpoint directory {what}: {path}")
     config = ModelConfig.from_file(path / "config.json")
     tokenizer = Tokenizer.from_dir(path, config)
     pad = tokenizer.token_to_id("<|image_pad|>")
