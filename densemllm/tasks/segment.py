@@ -53,7 +53,12 @@ def segment(model, image, classes, background=False, crf=False, scale=1.0, promp
     rgb = to_rgb(image)
     H, W = rgb.shape[:2]
     text = default_prompt(names, background) if prompt is None else prompt
-    turn = run_turn(model, scaled(rgb, scale), text, max_new_tokens=max_new_tokens, **gen)
+    try:
+        turn = run_turn(model, scaled(rgb, scale), text, max_new_tokens=max_new_tokens, **gen)
+    except ValueError as e:
+        if "max_position_embeddings" in str(e):
+            raise ValueError(f"{len(names)} classes do not fit in the model's context: {e}") from e
+        raise
     refs = [] if all_classes else refs_of(model, turn)
     refs = [r for r in refs if r.ids]  # an empty <ref></ref> names nothing
     if refs:
