@@ -2,14 +2,15 @@
  * Definitions: docs/ntpm.md. Design notes:
  * - Targets stay sparse. A per-thread [V] byte array marks the current token's
  *   positives (and, for per-token valid sets, its valid ids) and is cleared again
- *   through the same id lists, so a token costs O(V) and never O(V) allocations.
+ *   through the same id lists: O(V) per token, no allocation or [V] clearing per token.
  * - Top-k negatives: a bounded heap of size k whose root is the current worst kept
  *   id. Scanning ids in increasing order, a later id with a logit equal to the
  *   root's loses the tie (lower id wins), so once the heap is full a 64-wide block
  *   is skipped unless some logit is > the root (or NaN): one vector compare per
  *   element and no sort of V.
- * - Per-element math is in double (it only runs on the selected terms for NTP-M),
- *   token losses are summed in token order: results do not depend on threads. */
+ * - NTP-M / OHEM math is in double (it only runs on the |P| + k selected terms), the
+ *   full-scan ablations use float32 expf/log1pf per id (see sp_sig_f); token losses
+ *   are summed in double in token order, so results do not depend on threads. */
 #include "dense/ntpm.h"
 
 #include <math.h>
