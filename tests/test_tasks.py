@@ -252,3 +252,25 @@ def test_bad_inputs_and_documented_empty_results(tmp_path):
     bad = build(tmp_path, answer="<box><x_40><y_40></box>", name="bad")
     with pytest.raises(ParseError, match="unparsable box"):
         bad.refer(stripe_image(), "x", crop_short_side=96)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_vision_logits_equal_hidden_times_head_rows(tmp_path, tied):
+    """Random weights: the dense path (session accessors, gathered rows) against the
+    final hidden states of a separate forward pass times the head read from the file."""
+    path = make_checkpoint(tmp_path / "ck", seed=3, tie_word_embeddings=tied, dtype="f32")
+    m = densemllm.load(path)
+    img = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    entries = ["cat", 7, [11, 12, 11]]
+    z = m.vision_logits(img, entries, prompt="Segment: cat.")
+    prompt = render_prompt(m, "Segment: cat.")
+    hidden = m.forward(prompt, image=img, output="hidden")
+    ids = m.tokenizer.expand_image_pads(m.tokenizer.encode(prompt), 6)
+    vis = hidden[np.array(ids) == m.config.image_token_id].astype(np.float64)
+    w = load_file(str(path / "model.safetensors"))
+    head = (w["model.embed_tokens.weight"] if tied else w["lm_head.weight"]).double().numpy()
+    groups = [m.tokenizer.encode("cat"), [7], [11, 12, 11]]
+    ref = np.stack([(vis @ head[g].T).mean(1) for g in groups], -1).reshape(2, 3, 3)
+    # f32 weights: the oneDNN path rounds activations to bf16 only for bf16 weights, so
+    # this is f32 accumulation over 64 terms of O(1) values.
+    np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-4)
