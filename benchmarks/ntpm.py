@@ -53,11 +53,11 @@ def reset_peak():
         f.write("5")
 
 
-def run_ours(z, pos, k, threads, grad=True):
+def run_ours(z, pos, k, threads, grad=True, out=None):
     import densemllm
 
     def call():
-        return densemllm.ntpm_loss(z, pos, k=k, threads=threads, grad=grad)
+        return densemllm.ntpm_loss(z, pos, k=k, threads=threads, grad=grad, out=out)
     return call
 
 
@@ -95,6 +95,8 @@ def child(impl, L, V, k, threads, repeat):
     z, pos = make_inputs(L, V)
     if impl == "torch":
         call = run_torch(z, pos, k, threads)
+    elif impl == "ours_out":  # one gradient buffer reused across calls (a training loop)
+        call = run_ours(z, pos, k, threads, out=np.empty_like(z))
     else:
         call = run_ours(z, pos, k, threads, grad="sparse" if impl == "ours_sparse" else True)
     times, growth = [], []
@@ -126,7 +128,7 @@ def main():
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--child", choices=["ours", "ours_sparse", "torch"])
+    ap.add_argument("--child", choices=["ours", "ours_out", "ours_sparse", "torch"])
     a = ap.parse_args()
     if a.child:
         child(a.child, a.L, a.V, a.k, a.threads, a.repeat)
@@ -135,7 +137,7 @@ def main():
     import torch
 
     res = {}
-    impls = ("ours", "torch", "ours_sparse")
+    impls = ("ours", "torch", "ours_out", "ours_sparse")
     for impl in impls:
         out = subprocess.run([sys.executable, __file__, "--child", impl, "--L", str(a.L), "--V", str(a.V), "--k",
                               str(a.k), "--threads", str(a.threads), "--repeat", str(a.repeat)],
@@ -151,7 +153,8 @@ def main():
         print(f"{impl:11s}: {r['time_s'] * 1e3:8.1f} ms (best of {len(r['times'])}: "
               f"{', '.join(f'{t * 1e3:.0f}' for t in r['times'])})  peak extra memory {r['peak_growth_mb']:8.1f} MiB"
               f"  loss {r['loss']:.6f}  nnz(grad[:64]) {r['nnz_first64']}")
-    print("(ours: dense f32 [L, V] gradient like torch; ours_sparse: grad='sparse', the same gradient as CSR)")
+    print("(ours: dense f32 [L, V] gradient like torch, fresh per call; ours_out: the same into one reused out= "
+          "buffer; ours_sparse: grad='sparse', the same gradient as CSR)")
     print(f"memory-read floor: numpy sum over the logits {res['ours']['read_floor_s'] * 1e3:.1f} ms (best of "
           f"{a.repeat}, 1 thread)")
     rel = abs(res["ours"]["loss"] - res["torch"]["loss"]) / abs(res["torch"]["loss"])
