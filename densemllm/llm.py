@@ -97,18 +97,12 @@ def _vision(model, image, image_embeds):
         return e, None
     if image is None:
         return None, None
-    if not hasattr(model, "encode_image"):
-        raise NotImplementedError("this build has no vision tower (Model.encode_image)")
-    grid = None
-    if hasattr(model, "preprocess"):
-        pre = model.preprocess(image)
-        gh, gw = _grid_of(pre)
-        if gh:
-            m = model.config.vision.spatial_merge_size
-            grid = (gh // m, gw // m)
-    e = np.ascontiguousarray(model.encode_image(image), dtype=np.float32)
-    if grid is not None and grid[0] * grid[1] != e.shape[0]:
-        grid = None
+    # preprocess once; the encoder takes the preprocessed patches and grid
+    pre = model.preprocess(image)
+    gh, gw = _grid_of(pre)
+    m = model.config.vision.spatial_merge_size
+    e = np.ascontiguousarray(model.encode_image(pre), dtype=np.float32)
+    grid = (gh // m, gw // m) if gh and (gh // m) * (gw // m) == e.shape[0] else None
     return e, grid
 
 

@@ -195,3 +195,23 @@ def test_generation_argument_errors(tiny):
             model.generate(ids, **kw)
     with pytest.raises(TypeError):
         model.chat(None, 5)
+
+
+def test_image_through_the_vision_tower(tiny):
+    """image= runs Model.encode_image once and splices its tokens; same as
+    passing those embeddings, and the session records the merged-token grid."""
+    _, model, _ = tiny
+    img = (np.random.default_rng(14).random((64, 96, 3)) * 255).astype(np.uint8)
+    emb = model.encode_image(img)
+    pre = model.preprocess(img)
+    grid = (pre.grid_h // 2, pre.grid_w // 2)
+    assert emb.shape[0] == grid[0] * grid[1]
+    ids = model.tokenizer.encode("<|vision_start|><|image_pad|><|vision_end|>What is it?")
+    a = model.forward(ids, image=img)
+    b = model.forward(model.tokenizer.expand_image_pads(ids, emb.shape[0]), image_embeds=emb)
+    np.testing.assert_array_equal(a, b)
+    sess = model.prefill(ids, image=img)
+    assert sess.vision_grid == grid
+    assert sess.vision_hidden().shape == (emb.shape[0], model.config.text.hidden_size)
+    kw = dict(max_new_tokens=6, do_sample=False)
+    assert model.chat(img, "What is it?", **kw) == model.chat(None, "What is it?", image_embeds=emb, **kw)
