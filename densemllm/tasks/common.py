@@ -133,7 +133,9 @@ def class_ids(model, entry, what="class") -> tuple:
         name = entry.strip()
         if not name:
             raise ValueError(f"{what} name {entry!r} is empty")
-        tok = model.tokenizer.token_to_id(name)  # a special/task token such as <OTHERS>
+        # a task token such as <OTHERS> is one id; any other name is tokenized like the
+        # model's own text between <ref> and </ref>
+        tok = model.tokenizer.token_to_id(name) if name.startswith("<") and name.endswith(">") else None
         ids = (tok,) if tok is not None else tuple(int(i) for i in model.tokenizer.encode(name))
         if not ids:
             raise ValueError(f"{what} name {entry!r} tokenizes to no token ids")
