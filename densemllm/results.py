@@ -34,6 +34,17 @@ class SegmentResult:
         """The answer with ``<mask>`` holding the RLE of ``labels`` (as the model writes it)."""
         return replace_mask(self.text, rle_encode(self.labels))
 
+    def scores(self, temperature: float = 0.2) -> np.ndarray:
+        """Per-token class scores on the token grid, in label order: softmax(z / temperature)
+        (notes 7, the input a DenseCRF would take), or in background mode 0.5 for the
+        background then sigmoid(z / 4) per class."""
+        from . import _core
+
+        if self.logits is None:
+            raise ValueError("this result has no logits (only the background was named)")
+        z = np.ascontiguousarray(self.logits, dtype=np.float32)
+        return _core.dense_scores(z, temperature=float(temperature), background=self.background)
+
 
 @dataclass
 class DepthResult:

@@ -116,6 +116,9 @@ def test_segment_top_and_bottom_halves(tmp_path):
     np.testing.assert_array_equal(r.labels, want)
     assert r.labels.dtype == np.int32
     assert r.logits.shape == (2, 2, 2)
+    p = r.scores()  # softmax(z / 0.2) over the token grid: 8 vs 0 -> exp(-40) for the loser
+    np.testing.assert_allclose(p[0, :, 0], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
     assert r.model_text() == "<mask>(0,2048)(1,2048)</mask>"
     # scale=2: the model sees 128x128 (4 token rows), labels stay at the original size
     np.testing.assert_array_equal(m.segment(img, ["cat", "dog"], scale=2.0).labels, want)
@@ -132,6 +135,9 @@ def test_segment_background_mode_and_model_refs(tmp_path):
     assert r.class_names == ["<OTHERS>", "cat", "dog"] and r.background
     want = np.repeat(np.array([1, 0, 2], np.int32), 32)[:, None].repeat(64, 1)
     np.testing.assert_array_equal(r.labels, want)
+    sc = r.scores()  # background first: [0.5, sigmoid(z_cat / 4), sigmoid(z_dog / 4)]
+    np.testing.assert_array_equal(sc[..., 0], 0.5)
+    np.testing.assert_allclose(sc[0, :, 1], 1 / (1 + np.exp(-2.0)), atol=0.01)  # z_cat ~ 8 on red
     # the model answers with refs: only what it wrote is decoded, with the ids it wrote
     # (a chain cannot repeat <ref>, so the script names one class; background channel first)
     m2 = build(tmp_path, answer="<ref>dog</ref><mask>", rows=rows, name="ck2")
