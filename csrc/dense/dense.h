@@ -41,7 +41,12 @@ dm_status dense_upsample_bilinear(float *out, const float *in, int64_t h, int64_
 /* labels[oh, ow] = argmax over the C channels of the bilinearly resized in[h, w, C],
  * without materialising the resized map (C x oh x ow floats can be gigabytes).
  * background != 0: label 0 when sigmoid(bg_scale * max_k z_k) <= bg_score, else
- * 1 + argmax (the background mode above). */
+ * 1 + argmax (the background mode above), evaluated exactly as
+ * max_k z_k > logit(bg_score) / bg_scale (needs bg_scale > 0, 0 < bg_score < 1).
+ * Along an output row, pixels between the same two source columns are labelled by
+ * bisection (the upper envelope of linear functions is convex), so only run ends
+ * are evaluated in full; labels can differ from a per-pixel evaluation only where
+ * two channels tie to within float rounding. */
 dm_status dense_upsample_argmax(int32_t *labels, const float *in, int64_t h, int64_t w, int64_t C,
                                 int64_t oh, int64_t ow, int background, float bg_scale,
                                 float bg_score);
