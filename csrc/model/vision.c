@@ -120,6 +120,7 @@ dm_status vision_create(const dm_checkpoint *ck, const dm_vision_config *cfg, dm
     if (!v) return DM_ERR_NOMEM;
     v->cfg = *c;
     v->backend = backend;
+    pthread_mutex_init(&v->lock, NULL);
     const int64_t D = c->hidden, F = c->ffn, L = c->layers, PD = c->channels * c->patch * c->patch;
     const int64_t Dm = c->merge * c->merge * D;
     v->layers = dm_calloc((size_t)L, sizeof(dm_vision_layer), "vision layers");
@@ -178,6 +179,8 @@ fail:
 
 void vision_destroy(dm_vision *v) {
     if (!v) return;
+    dm_arena_free(&v->arena);
+    pthread_mutex_destroy(&v->lock);
     dm_free(v->layers);
     dm_free(v->small);
     dm_free(v);
@@ -198,7 +201,18 @@ void vision_window_index(int64_t mh, int64_t mw, int64_t win, int64_t unit, int6
     *n_seg = s;
 }
 
-dm_status vision_encode(const dm_vision *v, const float *patches, int64_t gh, int64_t gw, float *out) {
+static dm_status vision_encode_locked(dm_vision *v, const float *patches, int64_t gh, int64_t gw,
+                                     float *out);
+
+dm_status vision_encode(dm_vision *v, const float *patches, int64_t gh, int64_t gw, float *out) {
+    pthread_mutex_lock(&v->lock);
+    dm_status st = vision_encode_locked(v, patches, gh, gw, out);
+    pthread_mutex_unlock(&v->lock);
+    return st;
+}
+
+static dm_status vision_encode_locked(dm_vision *v, const float *patches, int64_t gh, int64_t gw,
+                                     float *out) {
     const dm_vision_config *c = &v->cfg;
     const int64_t mg = c->merge, unit = mg * mg;
     if (gh <= 0 || gw <= 0 || gh % mg || gw % mg)
@@ -212,19 +226,23 @@ dm_status vision_encode(const dm_vision *v, const float *patches, int64_t gh, in
     if (2 * D > rw) rw = 2 * D; /* merger work (normed + mid) reuses this region */
     const size_t bytes = sizeof(float) * ((size_t)N * (2 * D + rw) + (size_t)N * hd + (size_t)M * c->out_hidden) +
                          sizeof(int64_t) * (2 * (size_t)M + 2) + sizeof(int32_t) * 2 * (size_t)N + 16 * 64;
-    dm_arena ar;
-    DM_TRY(dm_arena_init(&ar, bytes));
+    if (v->arena.cap < bytes) { /* grow (never shrinks: the largest image sets it) */
+        dm_arena_free(&v->arena);
+        DM_TRY(dm_arena_init(&v->arena, bytes));
+    }
+    dm_arena *arp = &v->arena;
+    dm_arena_reset(arp);
     dm_status st = DM_ERR_NOMEM;
-    float *X = dm_arena_take(&ar, (size_t)N * D, sizeof(float));
-    float *Hb = dm_arena_take(&ar, (size_t)N * D, sizeof(float));
-    float *R = dm_arena_take(&ar, (size_t)N * rw, sizeof(float));
-    float *cos_t = dm_arena_take(&ar, (size_t)N * hd / 2, sizeof(float));
-    float *sin_t = dm_arena_take(&ar, (size_t)N * hd / 2, sizeof(float));
-    float *Y = dm_arena_take(&ar, (size_t)M * c->out_hidden, sizeof(float));
-    int64_t *perm = dm_arena_take(&ar, (size_t)M, sizeof(int64_t));
-    int64_t *seg = dm_arena_take(&ar, (size_t)M + 1, sizeof(int64_t));
-    int32_t *rows = dm_arena_take(&ar, (size_t)N, sizeof(int32_t));
-    int32_t *cols = dm_arena_take(&ar, (size_t)N, sizeof(int32_t));
+    float *X = dm_arena_take(arp, (size_t)N * D, sizeof(float));
+    float *Hb = dm_arena_take(arp, (size_t)N * D, sizeof(float));
+    float *R = dm_arena_take(arp, (size_t)N * rw, sizeof(float));
+    float *cos_t = dm_arena_take(arp, (size_t)N * hd / 2, sizeof(float));
+    float *sin_t = dm_arena_take(arp, (size_t)N * hd / 2, sizeof(float));
+    float *Y = dm_arena_take(arp, (size_t)M * c->out_hidden, sizeof(float));
+    int64_t *perm = dm_arena_take(arp, (size_t)M, sizeof(int64_t));
+    int64_t *seg = dm_arena_take(arp, (size_t)M + 1, sizeof(int64_t));
+    int32_t *rows = dm_arena_take(arp, (size_t)N, sizeof(int32_t));
+    int32_t *cols = dm_arena_take(arp, (size_t)N, sizeof(int32_t));
     if (!X || !Hb || !R || !cos_t || !sin_t || !Y || !perm || !seg || !rows || !cols) goto done;
 
     int64_t n_seg = 0;
@@ -278,6 +296,9 @@ dm_status vision_encode(const dm_vision *v, const float *patches, int64_t gh, in
         memcpy(out + perm[p] * c->out_hidden, Y + p * c->out_hidden, (size_t)c->out_hidden * sizeof(float));
     st = DM_OK;
 done:
-    dm_arena_free(&ar);
+    dm_arena_reset(arp);
+    /* keep up to 512 MiB for the next image (a 1024x1024 image needs ~110 MiB);
+     * a huge one gives its memory back */
+    if (arp->cap > ((size_t)512 << 20)) dm_arena_free(arp);
     return st;
 }
