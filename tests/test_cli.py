@@ -82,3 +82,30 @@ def test_demo_says_weights_are_random(tmp_path):
     assert "RANDOM weights" in r.stdout
     labels = np.load(tmp_path / "demo" / "demo.segment.npy")
     assert labels.shape == (96, 128) and set(np.unique(labels)) <= {0, 1}
+
+
+def test_viz_pictures():
+    from densemllm import viz
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    lab = np.zeros((20, 30), np.int32)
+    lab[10:] = 2
+    pal = viz.palette(3)
+    assert len({tuple(c) for c in pal}) == 3
+    img = np.asarray(viz.overlay_labels(rgb, lab, ["a", "b", "c"], alpha=1.0))
+    assert img.shape[0] >= 20 and img.shape[1] > 30  # legend to the right
+    np.testing.assert_array_equal(img[0, 0], pal[0])
+    np.testing.assert_array_equal(img[19, 29], pal[2])
+    bg = np.asarray(viz.overlay_labels(rgb, lab, ["a", "b", "c"], alpha=1.0, background_label=0))
+    np.testing.assert_array_equal(bg[0, 0], [0, 0, 0])  # background left as the image
+    d = np.linspace(1, 5, 600, dtype=np.float32).reshape(20, 30)
+    d[0, 0] = np.nan
+    dep = np.asarray(viz.colorize_depth(d))
+    np.testing.assert_array_equal(dep[0, 0], [0, 0, 0])  # invalid = black
+    assert dep[19, 29].sum() > dep[0, 1].sum()  # far is brighter than near
+    assert dep.shape[1] > 30  # scale bar
+    with pytest.raises(ValueError):
+        viz.overlay_labels(rgb, lab[:5], ["a"])
+    m = np.asarray(viz.overlay_mask(rgb, lab == 2, box=(2, 2, 10, 10), alpha=1.0))
+    np.testing.assert_array_equal(m[15, 15], [255, 0, 0])
+    np.testing.assert_array_equal(m[2, 5], [0, 255, 0])
