@@ -170,6 +170,8 @@ F32_TOL = 1e-4
         # portrait, several global layers, 4 heads of dim 8
         (20, 6, dict(window_size=64, num_hidden_layers=4, fullatt_block_indexes=[0, 2],
                      num_attention_heads=4)),
+        # a single merged token (4 patches)
+        (2, 2, dict(window_size=64, num_hidden_layers=2, fullatt_block_indexes=[1])),
         # exact gelu in the tower, every layer global
         (8, 12, dict(window_size=64, num_hidden_layers=2, fullatt_block_indexes=[0, 1], hidden_act="gelu")),
     ],
