@@ -407,7 +407,8 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
         float *lrow = mrow + BQ;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t w = 0; w < total; w++)
-            attend_item(out, q, k, v, a, qs, ks, vs, os, &items[w / a->H], (int)(w % a->H), kT_all,
+            /* head-major: consecutive items of a thread share one head's K/V in cache */
+            attend_item(out, q, k, v, a, qs, ks, vs, os, &items[w % n_items], (int)(w / n_items), kT_all,
                         vP, nb, S, kT, acc, mrow, lrow);
     }
     dm_free(vP);
