@@ -78,6 +78,40 @@ def _tokenizer_json():
     return tok.to_str()
 
 
+def _encode(a, dtype):
+    """(safetensors dtype, shape, little-endian bytes) of f32 array `a` stored as `dtype`.
+
+    bf16 uses round-to-nearest-even, the rounding torch's .to(torch.bfloat16) does."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if dtype == "f32":
+        return "F32", a.shape, a.astype("<f4").tobytes()
+    if dtype == "f16":
+        return "F16", a.shape, a.astype("<f2").tobytes()
+    u = a.view(np.uint32).astype(np.uint64)
+    bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")
+    return "BF16", a.shape, bits.tobytes()
+
+
+def _save_safetensors(path, tensors, metadata):
+    """Write {name: (dtype, shape, bytes)} as a safetensors file.
+
+    NumPy has no bfloat16, so safetensors.numpy cannot write BF16 and safetensors.torch
+    would make torch a runtime dependency (the demo runs without it). The container is
+    a u64 header length, a JSON header padded to 8 bytes, then the data; transformers'
+    own loader reads these files in tests/test_load.py."""
+    header, offset = {"__metadata__": dict(metadata)}, 0
+    for name, (dt, shape, data) in tensors.items():
+        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for _, _, data in tensors.values():
+            f.write(data)
+
+
 def _tensor(rng, name, shape, dtype):
     if name.endswith(("norm.weight", "layer_norm1.weight", "layer_norm2.weight", "ln_q.weight")):
         a = 1.0 + 0.02 * rng.standard_normal(shape, dtype=np.float32)
@@ -94,9 +128,6 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_
     ``tie_word_embeddings=False``, ``rope_parameters={...}`` (replaces
     rope_theta/rope_scaling: the newer schema). ``dtype``: "bf16", "f16" or "f32".
     """
-    import torch
-    from safetensors.torch import save_file
-
     if dtype not in ("bf16", "f16", "f32"):
         raise ValueError(f"dtype must be 'bf16', 'f16' or 'f32', got {dtype!r}")
     shards = int(shards)
@@ -131,7 +162,6 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_
     config = ModelConfig.from_dict(cfg)
 
     rng = np.random.default_rng(seed)
-    tdtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[dtype]
     tensors = {}
     for alts, shape in expected_weights(config):
         name = alts[0]
@@ -140,22 +170,22 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_
             # nn.Embedding(padding_idx=pad) keeps that row at zero, and transformers
             # re-zeroes it on load: do the same so parity tests compare like with like.
             a[cfg["pad_token_id"]] = 0.0
-        tensors[name] = torch.from_numpy(a).to(tdtype)
+        tensors[name] = _encode(a, dtype)
 
     names = list(tensors)
     meta = {"format": "pt"}
     if shards == 1:
-        save_file(tensors, str(out / "model.safetensors"), metadata=meta)
+        _save_safetensors(out / "model.safetensors", tensors, meta)
     else:
         groups = np.array_split(np.arange(len(names)), shards)
         weight_map, total = {}, 0
         for k, g in enumerate(groups):
             fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
             part = {names[i]: tensors[names[i]] for i in g}
-            save_file(part, str(out / fname), metadata=meta)
-            for n, t in part.items():
+            _save_safetensors(out / fname, part, meta)
+            for n, (_, _, data) in part.items():
                 weight_map[n] = fname
-                total += t.numel() * t.element_size()
+                total += len(data)
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
