@@ -493,10 +493,18 @@ def test_bad_inputs():
         ntpm_loss(z, ok, threads=0)
     with pytest.raises(ValueError, match="grad must be"):
         ntpm_loss(z, ok, grad="dense-ish")
-    zn = z.copy()
-    zn[1, 4] = np.nan
-    with pytest.raises(ValueError, match="NaN at token 1, id 4"):
-        ntpm_loss(zn, ok, k=3)
+    zn = np.zeros((2, 40), np.float32)
+    zn[1, 21] = np.nan  # in the second 16-wide block
+    for variant in VARIANTS:
+        with pytest.raises(ValueError, match="NaN at token 1, id 21"):
+            ntpm_loss(zn, ok, k=3, variant=variant)
+        with pytest.raises(ValueError, match="NaN at token 1, id 21"):
+            ntpm_loss(zn, ok, valid=[np.arange(40), [0, 21, 2]], k=3, variant=variant)
+        # a NaN at an id that is not valid is never read
+        valid = np.ones(40, bool)
+        valid[21] = False
+        loss, _ = ntpm_loss(zn, ok, valid=valid, k=3, variant=variant)
+        assert np.isfinite(loss)
     # the raw binding validates too (the Python layer is not the only guard)
     with pytest.raises(TypeError, match="pos_ids"):
         _core.ntpm_loss(z, np.array([0, 1, 2]), np.array([1, 2], np.int32))

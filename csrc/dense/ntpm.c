@@ -9,8 +9,9 @@
  *   is skipped unless some logit is > the root (or NaN): one vector compare per
  *   element and no sort of V.
  * - NTP-M / OHEM math is in double (it only runs on the |P| + k selected terms), the
- *   full-scan ablations use float32 expf/log1pf per id (see sp_sig_f); token losses
- *   are summed in double in token order, so results do not depend on threads. */
+ *   full-scan ablations use float32 exp/log1p per id (sp_sig_f; 16 ids at a time with
+ *   libmvec on AVX-512 when the valid set is a whole row); token losses are summed in
+ *   double in token order, so results do not depend on threads. */
 #include "dense/ntpm.h"
 
 #include <immintrin.h>
@@ -54,6 +55,157 @@ static inline sp_sig sp_sig_f(float x) {
     r.sig_neg = (x >= 0 ? e : 1.0f) / d;
     return r;
 }
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* The full-scan variants over a whole row (all ids valid, or a shared mask), 16 ids at
+ * a time with glibc's libmvec (linked through -lm; <= 4 ulp, GLIBC 2.22): the same
+ * formulas as sp_sig_f, log1p(e) by Kahan's log(u) * e / (u - 1), u = 1 + e. */
+#define NTPM_VEC 1
+__m512 _ZGVeN16v_expf(__m512);
+__m512 _ZGVeN16v_logf(__m512);
+__m512 _ZGVeN16vv_powf(__m512, __m512);
+
+typedef struct {
+    __m512 sp_pos, sig_pos, sig_neg;
+} sp_sig16;
+
+static inline sp_sig16 sp_sig_v(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    __m512 e = _ZGVeN16v_expf(_mm512_sub_ps(zero, _mm512_abs_ps(x)));
+    __m512 u = _mm512_add_ps(one, e), um1 = _mm512_sub_ps(u, one);
+    __m512 l = _mm512_div_ps(_mm512_mul_ps(_ZGVeN16v_logf(u), e), um1);
+    l = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(um1, zero, _CMP_EQ_OQ), l, e); /* e below ulp(1) */
+    __mmask16 nonneg = _mm512_cmp_ps_mask(x, zero, _CMP_GE_OQ);
+    sp_sig16 r;
+    r.sp_pos = _mm512_add_ps(_mm512_max_ps(x, zero), l);
+    r.sig_pos = _mm512_div_ps(_mm512_mask_blend_ps(nonneg, e, one), u);
+    r.sig_neg = _mm512_div_ps(_mm512_mask_blend_ps(nonneg, one, e), u);
+    return r;
+}
+
+static inline double hsum_pd(__m512 v) { /* 16 floats summed in double */
+    __m256 hi = _mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(v), 1));
+    __m512d s = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), _mm512_cvtps_pd(hi));
+    return _mm512_reduce_add_pd(s);
+}
+
+/* Lanes of ids v .. v+15 that are valid negatives (not positive, in the mask, < V). */
+static inline __mmask16 neg_lanes(const uint8_t *mask, const uint8_t *marks, int64_t v, int64_t V) {
+    __mmask16 tm = v + 16 <= V ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - v)) - 1);
+    __m128i mk = _mm_maskz_loadu_epi8(tm, marks + v);
+    __mmask16 m = tm & ~_mm_test_epi8_mask(mk, _mm_set1_epi8(MARK_POS));
+    if (mask) {
+        __m128i vm = _mm_maskz_loadu_epi8(tm, mask + v);
+        m &= _mm_test_epi8_mask(vm, vm);
+    }
+    return m;
+}
+
+/* Sum of softplus(z) over the valid negatives of a row; g[v] = w * sigmoid(z) there.
+ * Returns -1, or the first NaN id. */
+static int64_t row_neg_sigmoid(const float *z, int64_t V, const uint8_t *mask, const uint8_t *marks, float *g,
+                               float w, double *sum) {
+    double acc = 0;
+    const __m512 wv = _mm512_set1_ps(w);
+    for (int64_t v = 0; v < V; v += 16) {
+        __mmask16 m = neg_lanes(mask, marks, v, V);
+        __m512 x = _mm512_maskz_loadu_ps(m, z + v);
+        __mmask16 bad = _mm512_mask_cmp_ps_mask(m, x, x, _CMP_UNORD_Q);
+        if (bad) return v + __builtin_ctz(bad);
+        sp_sig16 r = sp_sig_v(x);
+        acc += hsum_pd(_mm512_maskz_mov_ps(m, r.sp_pos));
+        if (g) _mm512_mask_storeu_ps(g + v, m, _mm512_mul_ps(r.sig_pos, wv));
+    }
+    *sum = acc;
+    return -1;
+}
+
+/* Focal over the valid negatives of a row (p_t = sigmoid(-z), q = sigmoid(z)): sum of
+ * at q^gamma softplus(z); g[v] = gs * at q^gamma (gamma sigmoid(-z) softplus(z) + q). */
+static int64_t row_neg_focal(const float *z, int64_t V, const uint8_t *mask, const uint8_t *marks, float *g,
+                             float gamma, float at, float gs, double *sum) {
+    double acc = 0;
+    const __m512 gmv = _mm512_set1_ps(gamma), atv = _mm512_set1_ps(at), gsv = _mm512_set1_ps(gs);
+    for (int64_t v = 0; v < V; v += 16) {
+        __mmask16 m = neg_lanes(mask, marks, v, V);
+        __m512 x = _mm512_maskz_loadu_ps(m, z + v);
+        __mmask16 bad = _mm512_mask_cmp_ps_mask(m, x, x, _CMP_UNORD_Q);
+        if (bad) return v + __builtin_ctz(bad);
+        sp_sig16 r = sp_sig_v(x);
+        __m512 qg = _mm512_mul_ps(atv, _ZGVeN16vv_powf(r.sig_pos, gmv));
+        acc += hsum_pd(_mm512_maskz_mov_ps(m, _mm512_mul_ps(qg, r.sp_pos)));
+        if (g) {
+            /* p_t log p_t -> 0 as p_t -> 0 (z = +inf) */
+            __mmask16 pz = _mm512_cmp_ps_mask(r.sig_neg, _mm512_setzero_ps(), _CMP_GT_OQ);
+            __m512 ptlog = _mm512_maskz_mul_ps(pz, r.sig_neg, r.sp_pos);
+            __m512 gv = _mm512_mul_ps(qg, _mm512_fmadd_ps(gmv, ptlog, r.sig_pos));
+            _mm512_mask_storeu_ps(g + v, m, _mm512_mul_ps(gv, gsv));
+        }
+    }
+    *sum = acc;
+    return -1;
+}
+
+__m512d _ZGVeN8v_exp(__m512d);
+
+/* ntp_ce over a whole row: max and sum of e^(z - max) over the valid ids (positives
+ * included) in double, e^(z - max) parked in g. Returns -1, or the first NaN id. */
+static int64_t row_softmax(const float *z, int64_t V, const uint8_t *mask, float *g, double *max,
+                           double *sum) {
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    for (int64_t v = 0; v < V; v += 16) {
+        __mmask16 m = v + 16 <= V ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - v)) - 1);
+        if (mask) {
+            __m128i vm = _mm_maskz_loadu_epi8(m, mask + v);
+            m &= _mm_test_epi8_mask(vm, vm);
+        }
+        __m512 x = _mm512_maskz_loadu_ps(m, z + v);
+        __mmask16 bad = _mm512_mask_cmp_ps_mask(m, x, x, _CMP_UNORD_Q);
+        if (bad) return v + __builtin_ctz(bad);
+        mv = _mm512_mask_max_ps(mv, m, mv, x);
+    }
+    const double mx = (double)_mm512_reduce_max_ps(mv);
+    const __m512d mxv = _mm512_set1_pd(mx);
+    __m512d acc = _mm512_setzero_pd();
+    for (int64_t v = 0; v < V; v += 16) {
+        __mmask16 m = v + 16 <= V ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - v)) - 1);
+        if (mask) {
+            __m128i vm = _mm_maskz_loadu_epi8(m, mask + v);
+            m &= _mm_test_epi8_mask(vm, vm);
+        }
+        __m512 x = _mm512_maskz_loadu_ps(m, z + v);
+        __m256 hi = _mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(x), 1));
+        __m512d e0 = _mm512_maskz_mov_pd((__mmask8)m,
+                                         _ZGVeN8v_exp(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(x)), mxv)));
+        __m512d e1 = _mm512_maskz_mov_pd((__mmask8)(m >> 8), _ZGVeN8v_exp(_mm512_sub_pd(_mm512_cvtps_pd(hi), mxv)));
+        acc = _mm512_add_pd(acc, _mm512_add_pd(e0, e1));
+        if (g) {
+            __m512 ef = _mm512_castsi512_ps(_mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_castps_si256(_mm512_cvtpd_ps(e0))),
+                _mm256_castps_si256(_mm512_cvtpd_ps(e1)), 1));
+            _mm512_mask_storeu_ps(g + v, m, ef);
+        }
+    }
+    *max = mx;
+    *sum = _mm512_reduce_add_pd(acc);
+    return -1;
+}
+
+/* g[v] *= f over the valid ids of a row. */
+static void row_scale(float *g, int64_t V, const uint8_t *mask, float f) {
+    const __m512 fv = _mm512_set1_ps(f);
+    for (int64_t v = 0; v < V; v += 16) {
+        __mmask16 m = v + 16 <= V ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - v)) - 1);
+        if (mask) {
+            __m128i vm = _mm_maskz_loadu_epi8(m, mask + v);
+            m &= _mm_test_epi8_mask(vm, vm);
+        }
+        _mm512_mask_storeu_ps(g + v, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + v), fv));
+    }
+}
+#else
+#define NTPM_VEC 0
+#endif
 
 /* Zero a gradient row with streaming stores: a row (0.5 MB at V = 128256) is written
  * once and read later by someone else, so fetching its old contents into the cache
@@ -240,7 +392,11 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
 
     /* The valid negatives as a list, for variants that use them all or when the
      * valid set is a per-token list (ids in no particular order). */
-    const int needs_list = per_token || (a->variant != NTPM_VARIANT_NTPM && a->variant != NTPM_VARIANT_OHEM);
+    const int row_path = NTPM_VEC && !per_token &&
+                         (a->variant == NTPM_VARIANT_BCE || a->variant == NTPM_VARIANT_INDIVIDUAL ||
+                          a->variant == NTPM_VARIANT_BALANCED || a->variant == NTPM_VARIANT_FOCAL ||
+                          a->variant == NTPM_VARIANT_NTP_CE);
+    const int needs_list = !row_path && (per_token || (a->variant != NTPM_VARIANT_NTPM && a->variant != NTPM_VARIANT_OHEM));
     int64_t nneg = 0;
     if (needs_list) {
         if (per_token) {
@@ -340,6 +496,15 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
             if (g) g[s->pos[j]] = (float)(-sigmoid(-x) * wp * sc);
         }
         const float gwn = (float)(wn * sc);
+#if NTPM_VEC
+        if (row_path) {
+            int64_t nan_at = row_neg_sigmoid(z, V, a->valid_mask, s->marks, g, gwn, &ln);
+            if (nan_at >= 0) {
+                err_record(err, i, "logits: NaN at token %lld, id %lld", (long long)i, (long long)nan_at);
+                goto done;
+            }
+        }
+#endif
         for (int64_t j = 0; j < nneg; j++) {
             sp_sig r = sp_sig_f(z[s->neg[j]]);
             ln += r.sp_pos;
@@ -355,6 +520,16 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
         const float gm = (float)a->gamma;
         const double inv = 1.0 / (double)nM;
         double sum = 0;
+#if NTPM_VEC
+        if (row_path) {
+            float at = a->alpha < 0 ? 1.0f : (float)(1.0 - a->alpha);
+            int64_t nan_at = row_neg_focal(z, V, a->valid_mask, s->marks, g, gm, at, (float)(inv * sc), &sum);
+            if (nan_at >= 0) {
+                err_record(err, i, "logits: NaN at token %lld, id %lld", (long long)i, (long long)nan_at);
+                goto done;
+            }
+        }
+#endif
         for (int64_t j = 0; j < np + nneg; j++) {
             int is_pos = j < np;
             int32_t v = is_pos ? s->pos[j] : s->neg[j - np];
@@ -390,26 +565,40 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
             label = s->pos[0];
         }
         if (label < 0) goto done; /* no label: masked */
-        double m = -INFINITY;
-        for (int64_t j = 0; j < np; j++) m = fmax(m, z[s->pos[j]]);
-        for (int64_t j = 0; j < nneg; j++) m = fmax(m, z[s->neg[j]]);
         /* one exp per id: e^(z - m) is summed and, with a gradient, parked in g and
          * scaled by 1 / sum afterwards */
-        double se = 0;
-        for (int64_t j = 0; j < np + nneg; j++) {
-            int32_t v = j < np ? s->pos[j] : s->neg[j - np];
-            double e = exp((double)z[v] - m);
-            se += e;
-            if (g) g[v] = (float)e;
+        double m = -INFINITY, se = 0;
+#if NTPM_VEC
+        if (row_path) {
+            int64_t nan_at = row_softmax(z, V, a->valid_mask, g, &m, &se);
+            if (nan_at >= 0) {
+                err_record(err, i, "logits: NaN at token %lld, id %lld", (long long)i, (long long)nan_at);
+                goto done;
+            }
+        }
+#endif
+        if (!row_path) {
+            for (int64_t j = 0; j < np; j++) m = fmax(m, z[s->pos[j]]);
+            for (int64_t j = 0; j < nneg; j++) m = fmax(m, z[s->neg[j]]);
+            for (int64_t j = 0; j < np + nneg; j++) {
+                int32_t v = j < np ? s->pos[j] : s->neg[j - np];
+                double e = exp((double)z[v] - m);
+                se += e;
+                if (g) g[v] = (float)e;
+            }
         }
         double lse = m + log(se);
         loss = lse - (double)z[label];
         if (g) {
             const float f = (float)(sc / se);
-            for (int64_t j = 0; j < np + nneg; j++) {
-                int32_t v = j < np ? s->pos[j] : s->neg[j - np];
-                g[v] *= f;
-            }
+#if NTPM_VEC
+            if (row_path) row_scale(g, V, a->valid_mask, f);
+#endif
+            if (!row_path)
+                for (int64_t j = 0; j < np + nneg; j++) {
+                    int32_t v = j < np ? s->pos[j] : s->neg[j - np];
+                    g[v] *= f;
+                }
             /* p_label - 1 without cancellation */
             g[label] = (float)(expm1((double)z[label] - lse) * sc);
         }
@@ -548,6 +737,8 @@ dm_status ntpm_forward_backward(const ntpm_args *a, double *loss, float *token_l
 
     int64_t cap = heap_capacity(a, max_pos);
     const int needs_list = a->valid_offsets || (a->variant != NTPM_VARIANT_NTPM && a->variant != NTPM_VARIANT_OHEM);
+    /* (the vector row path of bce/individual/balanced/focal needs no list; allocating
+     * it anyway keeps one rule) */
 
     dm_status st = DM_OK;
     double *tl = NULL;
