@@ -35,9 +35,15 @@ def _csr(obj, L, what):
         if len(offsets) != L + 1:
             raise ValueError(f"{what}: offsets must have L + 1 = {L + 1} entries, got {len(offsets)}")
         return offsets, _id_array(obj[1], f"{what} ids")
+    if isinstance(obj, np.ndarray) and obj.ndim in (1, 2):  # [L] one id or [L, n] n ids per token
+        if obj.shape[0] != L:
+            raise ValueError(f"{what}: expected {L} rows (one per token), got shape {obj.shape}")
+        ids = _id_array(obj.reshape(-1), f"{what}")
+        n = 1 if obj.ndim == 1 else obj.shape[1]
+        return np.arange(L + 1, dtype=np.int64) * n, ids
     if isinstance(obj, np.ndarray) or not hasattr(obj, "__len__"):
-        raise TypeError(f"{what}: expected a list of {L} id arrays or an (offsets, ids) tuple, "
-                        f"got {type(obj).__name__}")
+        raise TypeError(f"{what}: expected a list of {L} id arrays, an [L] / [L, n] integer array or an "
+                        f"(offsets, ids) tuple, got {type(obj).__name__}")
     if len(obj) != L:
         raise ValueError(f"{what}: expected {L} id lists (one per token), got {len(obj)}")
     parts = [_id_array(p, f"{what}[{i}]") for i, p in enumerate(obj)]
@@ -54,7 +60,8 @@ def ntpm_loss(logits, positives, valid=None, k=32, reduction="sum", variant="ntp
 
     logits: float32 [L, V] C-contiguous array (or the bf16 bit patterns as uint16
         with bf16=True). Never copied.
-    positives: the multi-hot targets, sparse: a list of L integer id arrays, or a CSR
+    positives: the multi-hot targets, sparse: a list of L integer id arrays, an
+        integer array [L] (one id per token) or [L, n] (n ids per token), or a CSR
         tuple (offsets int [L+1], ids int) (a tuple is always read as CSR). Duplicates count once; ids outside the
         token's valid set are dropped (P_i is a subset of M_i).
     valid: None (all ids valid), a bool/uint8 [V] mask shared by all tokens, or a

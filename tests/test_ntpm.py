@@ -372,6 +372,10 @@ def test_bf16_threads_csr_and_out_give_identical_results():
     assert np.array_equal(g1, g2) and np.array_equal(g1, g3)
     l4, g4 = ntpm_loss(z, pos, valid, grad=False)
     assert l4 == l1 and g4 is None
+    # positives as integer arrays: [L, n] (n ids per token) and [L] (one id per token)
+    two = rng.integers(0, 300, (33, 2))
+    assert ntpm_loss(z, two)[0] == ntpm_loss(z, [list(r) for r in two])[0]
+    assert ntpm_loss(z, two[:, 0])[0] == ntpm_loss(z, [[int(v)] for v in two[:, 0]])[0]
 
 
 def test_gradient_is_sparse_for_ntpm():
@@ -449,6 +453,10 @@ def test_bad_inputs():
         ntpm_loss(z, ok, k=2.5)
     with pytest.raises(ValueError, match="expected 2 id lists"):
         ntpm_loss(z, [[1]])
+    with pytest.raises(ValueError, match="expected 2 rows"):
+        ntpm_loss(z, np.array([[1, 2]]))
+    with pytest.raises(TypeError, match="integers"):
+        ntpm_loss(z, np.array([1.0, 2.0]))
     with pytest.raises(ValueError, match="expected 2 id lists"):
         ntpm_loss(z, ok, valid=[[1], [2], [3]])
     with pytest.raises(ValueError, match="mask must have length"):
