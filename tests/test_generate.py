@@ -82,17 +82,20 @@ def hf_process(logits, history, temperature, top_k, top_p, penalty):
     return s[0].numpy()
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p,penalty", [
-    (0.7, 0, 1.0, 1.0), (1.0, 7, 1.0, 1.2), (1.3, 0, 0.6, 1.0), (0.5, 20, 0.9, 1.5), (0.1, 0, 0.001, 1.05)])
-def test_logits_processing_matches_hf_processors(temperature, top_k, top_p, penalty):
+@pytest.mark.parametrize("temperature,top_k,top_p,penalty,spread", [
+    (0.7, 0, 1.0, 1.0, 2.0), (1.0, 7, 1.0, 1.2, 2.0), (1.3, 0, 0.6, 1.0, 2.0), (0.5, 20, 0.9, 1.5, 2.0),
+    (0.1, 0, 0.001, 1.05, 2.0), (1.0, 0, 0.95, 1.0, 0.1)])  # flat logits: > 64 survive top-p (the sorted path)
+def test_logits_processing_matches_hf_processors(temperature, top_k, top_p, penalty, spread):
     rng = np.random.default_rng(0)
-    logits = (rng.standard_normal(200) * 2).astype(np.float32)
+    logits = (rng.standard_normal(200) * spread).astype(np.float32)
     history = [3, 3, 10, 50, 199, 0]
     want = hf_process(logits, history, temperature, top_k, top_p, penalty)
     got = logits.copy()
     _core.sample(got, np.array(history, np.int64), _core.rng_state(0), True, temperature, top_k, top_p, penalty)
     # same surviving set; equal values there (float32 division / multiplication)
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    if spread < 1:
+        assert np.isfinite(got).sum() > 64
     np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
 
 
@@ -144,8 +147,10 @@ def test_stream_and_stop_strings(tiny):
     full = model.generate(ids, **kw)
     pieces = list(model.generate(ids, stream=True, **kw))
     assert "".join(pieces) == full and len(pieces) > 1
-    tok_ids = list(model.prefill(ids).generate_ids(40, do_sample=False, repetition_penalty=1.0, eos_token_id=[]))
-    assert full == model.tokenizer.decode(tok_ids, skip_special_tokens=True)
+    sess = model.prefill(ids)
+    tok_ids = list(sess.generate_ids(40, do_sample=False, repetition_penalty=1.0, eos_token_id=[]))
+    assert full == model.tokenizer.decode(tok_ids, skip_special_tokens=True) == sess.text
+    assert sess.ids == list(ids) + tok_ids and sess.position == len(ids) + 40
     # a stop string from the middle of the text ends generation before it
     stop = full[len(full) // 2: len(full) // 2 + 3]
     cut = full.index(stop)
