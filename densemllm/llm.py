@@ -211,13 +211,16 @@ class Session:
         """Generate from here; returns the new text (or an iterator of text pieces
         with stream=True). ``stop``: a string or list of strings that end
         generation (not included in the text)."""
-        pieces = self._stream(max_new_tokens, stop, kw)
-        return pieces if stream else "".join(pieces)
-
-    def _stream(self, max_new_tokens, stop, kw):
+        # validate now, not at the first next() of a stream
+        _check_gen(max_new_tokens, kw.get("temperature", DEFAULT_TEMPERATURE), kw.get("top_k"),
+                   kw.get("top_p", DEFAULT_TOP_P), kw.get("repetition_penalty", DEFAULT_REPETITION_PENALTY))
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not isinstance(s, str) or not s for s in stops):
             raise ValueError("stop must be a non-empty string or a list of them")
+        pieces = self._stream(max_new_tokens, stops, kw)
+        return pieces if stream else "".join(pieces)
+
+    def _stream(self, max_new_tokens, stops, kw):
         hold = max((len(s) for s in stops), default=1) - 1
         tok = self.model.tokenizer
         new_ids, emitted = [], 0

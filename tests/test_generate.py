@@ -200,6 +200,11 @@ def test_generation_argument_errors(tiny):
             model.generate(ids, **kw)
     with pytest.raises(TypeError):
         model.chat(None, 5)
+    sess = model.prefill(ids)
+    with pytest.raises(ValueError, match="top_p"):
+        sess.generate(4, stream=True, top_p=2.0)  # raised at the call, not at the first next()
+    with pytest.raises(ValueError, match="stop"):
+        sess.generate(4, stream=True, stop=[""])
 
 
 def test_image_through_the_vision_tower(tiny):
