@@ -265,16 +265,20 @@ static dm_status attn_absorbed(const dm_llm *m, const dm_llm_layer *L, const flo
     const int64_t qk = k->nope + R, nv = k->nope + k->vdim, hpg = H / G;
     float *qa = dm_alloc((size_t)(T * H * D), sizeof(float), "absorbed queries");
     float *lo = dm_alloc((size_t)(T * H * C), sizeof(float), "absorbed attention output");
-    float *wbuf = dm_alloc((size_t)(G * nv * C), sizeof(float), "kv_b rows");
+    /* kv_b as f32: used in place when it is f32, else widened once per call
+     * (G*(nope+v)*kv_lora floats, one layer's small matrix) for the loops below. */
+    const int widen = L->kv_b.dtype != DM_F32;
+    float *wtmp = widen ? dm_alloc((size_t)(G * nv * C), sizeof(float), "kv_b rows") : NULL;
+    const float *wbuf = widen ? wtmp : (const float *)L->kv_b.data;
     dm_status s = DM_OK;
-    if (!qa || !lo || !wbuf) {
+    if (!qa || !lo || (widen && !wtmp)) {
         s = DM_ERR_NOMEM;
         goto done;
     }
-    /* kv_b widened once per call (G*(nope+v)*kv_lora floats, one layer's small
-     * matrix) so the per-head loops below run on f32. */
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < G * nv; r++) weight_row(&L->kv_b, r, wbuf + r * C);
+    if (widen) {
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < G * nv; r++) weight_row(&L->kv_b, r, wtmp + r * C);
+    }
     #pragma omp parallel for schedule(static) collapse(2)
     for (int64_t t = 0; t < T; t++) {
         for (int64_t h = 0; h < H; h++) {
@@ -309,7 +313,7 @@ static dm_status attn_absorbed(const dm_llm *m, const dm_llm_layer *L, const flo
 done:
     dm_free(qa);
     dm_free(lo);
-    dm_free(wbuf);
+    dm_free(wtmp);
     return s;
 }
 
