@@ -15,6 +15,7 @@
 #include "model/llm.h"
 #include "model/sample.h"
 #include "model/session.h"
+#include "ops/swiglu.h"
 
 /* ---- LanguageModel ------------------------------------------------------ */
 
@@ -421,7 +422,25 @@ static PyObject *py_set_gemv(PyObject *self, PyObject *arg) {
     return PyBool_FromLong(was);
 }
 
+/* swiglu(gate f32[n], up f32[n]) -> silu(gate) * up (a new array; for tests). */
+static PyObject *py_swiglu(PyObject *self, PyObject *args) {
+    PyObject *g, *u;
+    if (!PyArg_ParseTuple(args, "OO", &g, &u)) return NULL;
+    if (!dm_py_check_array(g, "gate", NPY_FLOAT32, 1) || !dm_py_check_array(u, "up", NPY_FLOAT32, 1)) return NULL;
+    npy_intp n = PyArray_DIM((PyArrayObject *)g, 0);
+    if (PyArray_DIM((PyArrayObject *)u, 0) != n)
+        return PyErr_Format(PyExc_ValueError, "gate and up must have the same length");
+    PyObject *out = PyArray_NewCopy((PyArrayObject *)g, NPY_CORDER);
+    if (!out) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    dm_threads_enter();
+    swiglu_forward(PyArray_DATA((PyArrayObject *)out), PyArray_DATA((PyArrayObject *)u), n);
+    Py_END_ALLOW_THREADS
+    return out;
+}
+
 static PyMethodDef llm_methods[] = {
+    {"swiglu", (PyCFunction)py_swiglu, METH_VARARGS, "swiglu(gate, up) -> silu(gate) * up, float32 (tests)."},
     {"set_gemv", (PyCFunction)py_set_gemv, METH_O,
      "set_gemv(enabled) -> previous: route matmuls with M <= 4 through the bf16/f32 GEMV fast path\n"
      "(default on; off sends them to oneDNN / OpenBLAS, for tests and benchmarks)."},
