@@ -142,3 +142,37 @@ def test_attention_releases_the_gil():
     q = (t1 - t0) / 4
     inside = sum(t0 + q < s < t1 - q for s in stamps)
     assert inside > 10
+
+
+def bf16_round(a):
+    return torch.from_numpy(a).bfloat16().float().numpy()
+
+
+@pytest.mark.parametrize(
+    "tq,tk,h,hkv,dk,dv,causal,segments",
+    [
+        (37, 37, 4, 4, 72, 72, False, None),  # vision head dims, partial blocks
+        (70, 200, 8, 2, 47, 33, True, None),  # odd head dims (zero padding), GQA, KV cache
+        (1, 130, 2, 2, 192, 128, True, None),  # decoding, LLM head dims
+        (150, 150, 2, 2, 72, 72, False, [0, 5, 70, 71, 150]),  # windows
+        (129, 129, 2, 1, 64, 64, True, [0, 100, 129]),
+    ],
+)
+def test_attention_bf16_products(tq, tk, h, hkv, dk, dv, causal, segments):
+    rng = np.random.default_rng(tq + tk + dk)
+    q, k, v = rand(rng, tq, h, dk, scale=3.0), rand(rng, tk, hkv, dk), rand(rng, tk, hkv, dv)
+    out = _core.attention(q, k, v, scale=dk ** -0.5, causal=causal, segments=segments, bf16=True)
+    assert out.shape == (tq, h, dv)
+    f32 = _core.attention(q, k, v, scale=dk ** -0.5, causal=causal, segments=segments)
+    if not _core.attention_bf16_available():
+        np.testing.assert_array_equal(out, f32)  # documented fallback: exact f32
+        return
+    # Reference on bf16-rounded q, k, v: what is left is the rounding of the
+    # probabilities to bf16 for PV (relative 2^-9 each, at most 2^-9 max|v| in the
+    # weighted sum, and 2^-9 |out| again through the normaliser, which uses the
+    # unrounded sum): 2^-8 max|v|, allowed with a factor 2. A wrong tile layout or
+    # mask gives O(max|v|).
+    ref = reference(bf16_round(q), bf16_round(k), bf16_round(v), dk ** -0.5, causal, segments)
+    err = np.abs(out - ref).max()
+    assert err <= 2 ** -7 * np.abs(v).max(), err
+    assert np.abs(out - f32).max() > 0  # it really took the bf16 path

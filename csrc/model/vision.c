@@ -274,6 +274,9 @@ static dm_status vision_encode_locked(dm_vision *v, const float *patches, int64_
         a.H = a.Hkv = (int)H;
         a.Dk = a.Dv = (int)hd;
         a.scale = 1.0f / sqrtf((float)hd);
+        /* bf16 weights on oneDNN already round every matmul input to bf16: the
+         * attention products may too (AMX); the OpenBLAS path stays f32. */
+        a.bf16 = v->backend == DM_BACKEND_ONEDNN && l->q.dtype == DM_BF16;
         if (!c->full_attn[i]) {
             a.segments = seg;
             a.n_seg = n_seg;

@@ -16,6 +16,12 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__AVX512BF16__) && defined(__linux__)
+#define DM_ATTN_AMX 1
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define BQ 64
 #define BK 64
@@ -303,6 +309,244 @@ static void attend_item(float *out, const float *q, const float *k, const float 
     }
 }
 
+/* ---------------- bf16 products on AMX ----------------
+ * Per item: Q rows -> bf16 [BQ][DkP] (DkP = Dk rounded up to 32), S = Q K^T with
+ * 16x16 f32 tiles (A: 16 query rows x 32 dims, B: K in VNNI pairs [DkP/2][BK][2]),
+ * f32 online softmax as in the f32 path, P -> bf16 [BQ][BK], acc[BQ][DvP] += P V
+ * (B: V in VNNI pairs [BK/2][DvP][2], DvP = Dv rounded up to 16). K and V are
+ * packed once per call. */
+#if defined(DM_ATTN_AMX)
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+static int amx_ok;
+static void amx_request(void) {
+    /* Linux hands out the AMX tile state only on request (ARCH_REQ_XCOMP_PERM,
+     * XFEATURE_XTILEDATA); oneDNN asks too, asking again is harmless. */
+    amx_ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg;
+
+static void amx_config(void) {
+    amx_cfg c;
+    memset(&c, 0, sizeof c);
+    c.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        c.rows[t] = 16;
+        c.colsb[t] = 64;
+    }
+    _tile_loadconfig(&c);
+}
+
+/* row of n f32 -> bf16 into dst[0..npad) (zeros past n) */
+static void row_to_bf16(uint16_t *dst, const float *src, int n, int npad) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i)));
+        i += 16;
+    }
+    for (; i < npad; i++) dst[i] = 0;
+}
+
+static void attend_item_amx(float *out, const float *q, const dm_attn_args *a, int64_t qs, int64_t os,
+                            const attn_item *it, int h, const uint16_t *kB, const uint16_t *vB, int64_t nb,
+                            int DkP, int DvP, float *S, float *acc, float *mrow, float *lrow, uint16_t *qB,
+                            uint16_t *P16) {
+    const int Dk = a->Dk, Dv = a->Dv;
+    const int g = h / (a->H / a->Hkv);
+    const int64_t nq = it->q1 - it->q0;
+    const int64_t shift = a->Tk - a->Tq;
+    int64_t khi = it->k1;
+    if (a->causal && shift + it->q1 < khi) khi = shift + it->q1;
+    for (int64_t i = 0; i < BQ; i++) {
+        if (i < nq)
+            row_to_bf16(qB + i * DkP, q + (it->q0 + i) * qs + (int64_t)h * Dk, Dk, DkP);
+        else
+            memset(qB + i * DkP, 0, (size_t)DkP * sizeof(uint16_t));
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        mrow[i] = -INFINITY;
+        lrow[i] = 0.0f;
+    }
+    memset(acc, 0, (size_t)BQ * DvP * sizeof(float));
+    memset(P16, 0, (size_t)BQ * BK * sizeof(uint16_t)); /* rows >= nq stay zero */
+    const int nrb = (int)((nq + 15) / 16);              /* 16-row blocks in use */
+    for (int64_t kb = it->k0 / BK * BK; kb < khi; kb += BK) {
+        int nk = (int)(khi - kb < BK ? khi - kb : BK);
+        int jlo = it->k0 > kb ? (int)(it->k0 - kb) : 0;
+        const uint16_t *kblk = kB + ((int64_t)g * nb + kb / BK) * (int64_t)DkP * BK;
+        const uint16_t *vblk = vB + ((int64_t)g * nb + kb / BK) * (int64_t)BK * DvP;
+        for (int rb = 0; rb < nrb; rb++) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int dc = 0; dc < DkP / 32; dc++) {
+                _tile_loadd(4, qB + (int64_t)rb * 16 * DkP + dc * 32, DkP * 2);
+                const uint16_t *kd = kblk + (int64_t)dc * 16 * BK * 2;
+                _tile_loadd(5, kd, BK * 4);
+                _tile_dpbf16ps(0, 4, 5);
+                _tile_loadd(6, kd + 32, BK * 4);
+                _tile_dpbf16ps(1, 4, 6);
+                _tile_loadd(7, kd + 64, BK * 4);
+                _tile_dpbf16ps(2, 4, 7);
+                _tile_loadd(5, kd + 96, BK * 4);
+                _tile_dpbf16ps(3, 4, 5);
+            }
+            float *Sr = S + (int64_t)rb * 16 * BK;
+            _tile_stored(0, Sr, BK * 4);
+            _tile_stored(1, Sr + 16, BK * 4);
+            _tile_stored(2, Sr + 32, BK * 4);
+            _tile_stored(3, Sr + 48, BK * 4);
+        }
+        for (int64_t i = 0; i < nq; i++) {
+            int64_t lim = khi;
+            if (a->causal && shift + it->q0 + i + 1 < lim) lim = shift + it->q0 + i + 1;
+            int64_t valid = lim - kb;
+            if (valid > nk) valid = nk;
+            if (valid < jlo) valid = jlo;
+            float corr = softmax_row(S + i * BK, jlo, (int)valid, a->scale, &mrow[i], &lrow[i]);
+            if (corr != 1.0f) {
+                float *ar = acc + i * DvP;
+#pragma omp simd
+                for (int c = 0; c < DvP; c++) ar[c] *= corr;
+            }
+            row_to_bf16(P16 + i * BK, S + i * BK, BK, BK);
+        }
+        /* acc += P V: per 16-row block, P's two 32-key halves stay in tiles 4 and 6
+         * while up to 4 column tiles of acc accumulate in tiles 0-3 (independent
+         * accumulators keep the tile unit busy; one at a time serialises on it). */
+        const int nct = DvP / 16;
+        for (int rb = 0; rb < nrb; rb++) {
+            _tile_loadd(4, P16 + (int64_t)rb * 16 * BK, BK * 2);
+            _tile_loadd(6, P16 + (int64_t)rb * 16 * BK + 32, BK * 2);
+            float *Crow = acc + (int64_t)rb * 16 * DvP;
+            const uint16_t *v0 = vblk, *v1 = vblk + (int64_t)16 * DvP * 2;
+#define PV_TILE(t, ct)                                          \
+    do {                                                        \
+        _tile_loadd(5, v0 + (int64_t)(ct) * 32, DvP * 4);       \
+        _tile_dpbf16ps(t, 4, 5);                                \
+        _tile_loadd(7, v1 + (int64_t)(ct) * 32, DvP * 4);       \
+        _tile_dpbf16ps(t, 6, 7);                                \
+    } while (0)
+            int ct = 0;
+            for (; ct + 4 <= nct; ct += 4) {
+                _tile_loadd(0, Crow + ct * 16, DvP * 4);
+                _tile_loadd(1, Crow + ct * 16 + 16, DvP * 4);
+                _tile_loadd(2, Crow + ct * 16 + 32, DvP * 4);
+                _tile_loadd(3, Crow + ct * 16 + 48, DvP * 4);
+                PV_TILE(0, ct);
+                PV_TILE(1, ct + 1);
+                PV_TILE(2, ct + 2);
+                PV_TILE(3, ct + 3);
+                _tile_stored(0, Crow + ct * 16, DvP * 4);
+                _tile_stored(1, Crow + ct * 16 + 16, DvP * 4);
+                _tile_stored(2, Crow + ct * 16 + 32, DvP * 4);
+                _tile_stored(3, Crow + ct * 16 + 48, DvP * 4);
+            }
+            for (; ct < nct; ct++) {
+                _tile_loadd(0, Crow + ct * 16, DvP * 4);
+                PV_TILE(0, ct);
+                _tile_stored(0, Crow + ct * 16, DvP * 4);
+            }
+#undef PV_TILE
+        }
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        float inv = 1.0f / lrow[i];
+        float *o = out + (it->q0 + i) * os + (int64_t)h * Dv;
+        const float *ar = acc + i * DvP;
+#pragma omp simd
+        for (int c = 0; c < Dv; c++) o[c] = ar[c] * inv;
+    }
+}
+
+static dm_status attention_amx(float *out, const float *q, const float *k, const float *v, const dm_attn_args *a,
+                               int64_t qs, int64_t ks, int64_t vs, int64_t os, const attn_item *items,
+                               int64_t n_items, int nt) {
+    const int DkP = (a->Dk + 31) / 32 * 32, DvP = (a->Dv + 15) / 16 * 16;
+    const int64_t nb = (a->Tk + BK - 1) / BK;
+    const size_t kblk = (size_t)DkP * BK, vblk = (size_t)BK * DvP; /* bf16 elements per block */
+    uint16_t *kB = dm_alloc((size_t)a->Hkv * nb * kblk, sizeof(uint16_t), "attention bf16 K");
+    uint16_t *vB = kB ? dm_alloc((size_t)a->Hkv * nb * vblk, sizeof(uint16_t), "attention bf16 V") : NULL;
+    size_t per = (size_t)BQ * BK + (size_t)BQ * DvP + 2 * BQ + ((size_t)BQ * DkP + (size_t)BQ * BK) / 2 +
+                 (size_t)(DkP > DvP ? DkP : DvP) + 32;
+    per = (per + 15) / 16 * 16;
+    float *scratch = vB ? dm_alloc((size_t)nt * per, sizeof(float), "attention scratch") : NULL;
+    if (!scratch) {
+        dm_free(kB);
+        dm_free(vB);
+        return DM_ERR_NOMEM;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t w = 0; w < a->Hkv * nb; w++) {
+        const int64_t b = w % nb;
+        const int g = (int)(w / nb);
+        const int nk = (int)(a->Tk - b * BK < BK ? a->Tk - b * BK : BK);
+        uint32_t *kd = (uint32_t *)(kB + w * kblk); /* [DkP/2][BK] pairs */
+        uint16_t *vd = vB + w * vblk;                /* [BK/2][DvP][2] */
+        uint16_t row[2][1024 + 32];
+        for (int j = 0; j < BK; j++) {
+            if (j < nk)
+                row_to_bf16(row[0], k + (b * BK + j) * ks + (int64_t)g * a->Dk, a->Dk, DkP);
+            else
+                memset(row[0], 0, (size_t)DkP * sizeof(uint16_t));
+            const uint32_t *r32 = (const uint32_t *)row[0];
+            for (int dp = 0; dp < DkP / 2; dp++) kd[(int64_t)dp * BK + j] = r32[dp];
+        }
+        for (int jp = 0; jp < BK / 2; jp++) {
+            for (int t = 0; t < 2; t++) {
+                int j = 2 * jp + t;
+                if (j < nk)
+                    row_to_bf16(row[t], v + (b * BK + j) * vs + (int64_t)g * a->Dv, a->Dv, DvP);
+                else
+                    memset(row[t], 0, (size_t)DvP * sizeof(uint16_t));
+            }
+            uint16_t *dst = vd + (int64_t)jp * DvP * 2;
+            for (int c = 0; c < DvP; c++) {
+                dst[2 * c] = row[0][c];
+                dst[2 * c + 1] = row[1][c];
+            }
+        }
+    }
+    const int64_t total = n_items * a->H;
+#pragma omp parallel num_threads(nt)
+    {
+        float *S = scratch + (size_t)omp_get_thread_num() * per;
+        float *acc = S + BQ * BK;
+        float *mrow = acc + (size_t)BQ * DvP;
+        float *lrow = mrow + BQ;
+        uint16_t *qB = (uint16_t *)(lrow + BQ);
+        uint16_t *P16 = qB + (size_t)BQ * DkP;
+        amx_config();
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t w = 0; w < total; w++)
+            attend_item_amx(out, q, a, qs, os, &items[w % n_items], (int)(w / n_items), kB, vB, nb, DkP, DvP, S,
+                            acc, mrow, lrow, qB, P16);
+        _tile_release();
+    }
+    dm_free(scratch);
+    dm_free(vB);
+    dm_free(kB);
+    return DM_OK;
+}
+#endif
+
+int attention_bf16_available(void) {
+#if defined(DM_ATTN_AMX)
+    pthread_once(&amx_once, amx_request);
+    return amx_ok;
+#else
+    return 0;
+#endif
+}
+
 dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
                             const dm_attn_args *a) {
     if (!out || !q || !k || !v || !a) return dm_fail(DM_ERR_VALUE, "attention: NULL pointer");
@@ -363,6 +607,13 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
     }
 
     int nt = omp_get_max_threads();
+#if defined(DM_ATTN_AMX)
+    if (a->bf16 && a->Dk <= 1024 && a->Dv <= 1024 && attention_bf16_available()) {
+        dm_status st = attention_amx(out, q, k, v, a, qs, ks, vs, os, items, n_items, nt);
+        dm_free(items);
+        return st;
+    }
+#endif
     size_t per = (size_t)BQ * BK + (size_t)a->Dk * BK + (size_t)BQ * a->Dv + 2 * BQ;
     per = (per + 15) / 16 * 16; /* keep every thread's buffers 64-byte aligned */
     float *scratch = dm_alloc((size_t)nt * per, sizeof(float), "attention scratch");

@@ -29,7 +29,15 @@ typedef struct {
      * segment (vision windows). NULL / n_seg = 0: one segment. */
     const int64_t *segments;
     int64_t n_seg;
+    /* bf16 products on AMX tiles: q, k, the softmax probabilities and v are
+     * rounded to bf16 for QK^T and PV (f32 accumulation, f32 online softmax),
+     * the precision of a bf16 model's matmuls, at several times the f32 speed.
+     * Exact f32 instead where the CPU (or the kernel) has no AMX. */
+    int bf16;
 } dm_attn_args;
+
+/* 1 when a->bf16 really runs on AMX on this machine (for tests and benchmarks). */
+int attention_bf16_available(void);
 
 dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
                             const dm_attn_args *a);

@@ -9,12 +9,12 @@
 /* attention(q f32[Tq,H,Dk], k f32[Tk,Hkv,Dk], v f32[Tk,Hkv,Dv], *, scale, causal=False,
  *           segments=None) -> f32[Tq,H,Dv] */
 static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"q", "k", "v", "scale", "causal", "segments", NULL};
+    static char *kwlist[] = {"q", "k", "v", "scale", "causal", "segments", "bf16", NULL};
     PyObject *q_obj, *k_obj, *v_obj, *seg_obj = Py_None;
     double scale = NAN; /* required keyword */
-    int causal = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$dpO", kwlist, &q_obj, &k_obj, &v_obj, &scale,
-                                     &causal, &seg_obj))
+    int causal = 0, bf16 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$dpOp", kwlist, &q_obj, &k_obj, &v_obj, &scale,
+                                     &causal, &seg_obj, &bf16))
         return NULL;
     if (!dm_py_check_array(q_obj, "q", NPY_FLOAT32, 3) || !dm_py_check_array(k_obj, "k", NPY_FLOAT32, 3) ||
         !dm_py_check_array(v_obj, "v", NPY_FLOAT32, 3))
@@ -43,6 +43,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
     a.Dv = (int)Dv;
     a.scale = (float)scale;
     a.causal = causal;
+    a.bf16 = bf16;
     PyArrayObject *seg = NULL;
     if (seg_obj != Py_None) {
         seg = (PyArrayObject *)PyArray_FROMANY(seg_obj, NPY_INT64, 1, 1, NPY_ARRAY_CARRAY);
@@ -334,9 +335,16 @@ static PyTypeObject VisionTowerType = {
     .tp_new = VisionTower_new,
 };
 
+static PyObject *py_attention_bf16_available(PyObject *self, PyObject *unused) {
+    return PyBool_FromLong(attention_bf16_available());
+}
+
 static PyMethodDef vision_methods[] = {
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
-     "attention(q, k, v, *, scale, causal=False, segments=None): streaming softmax attention."},
+     "attention(q, k, v, *, scale, causal=False, segments=None, bf16=False): streaming softmax attention "
+     "(bf16=True: bf16 products on AMX where available)."},
+    {"attention_bf16_available", py_attention_bf16_available, METH_NOARGS,
+     "1 when attention(bf16=True) runs on AMX on this machine."},
     {"resize_bilinear_aa", py_resize, METH_VARARGS,
      "resize_bilinear_aa(img uint8, out_h, out_w) -> float32 [out_h, out_w, C] (torch antialias bilinear)."},
     {"vision_target_size", (PyCFunction)(void (*)(void))py_target_size, METH_VARARGS | METH_KEYWORDS,
