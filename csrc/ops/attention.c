@@ -181,7 +181,8 @@ static inline float softmax_row(float *s, int lo, int hi, float scale, float *m,
         memset(s, 0, BK * sizeof(float));
         return 1.0f;
     }
-    float corr = expf(*m - m_new); /* 0 when *m = -inf */
+    /* the max rarely moves after the first blocks: skip the exp then (exactly 1) */
+    float corr = m_new > *m ? expf(*m - m_new) : 1.0f; /* 0 when *m = -inf */
     float sum = 0.0f;
 #if defined(__AVX512F__)
     __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(m_new), acc = _mm512_setzero_ps();
