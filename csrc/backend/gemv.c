@@ -60,6 +60,32 @@ static inline __attribute__((always_inline)) void row_dot(const void *wr, int is
     }
     for (int m = 0; m < M; m++) res[m] = _mm512_reduce_add_ps(_mm512_add_ps(a0[m], a1[m]));
 }
+
+/* M = 1, GEMV_R weight rows at once: that many concurrent memory streams per thread
+ * (more requests in flight than one sequential stream: 1.5x the bandwidth
+ * here) and one x load per GEMV_R FMAs. */
+#define GEMV_R 8
+static inline void rows_dot1(const char *w0, size_t row_bytes, int is_bf16, const float *x, int64_t K,
+                              float *res) {
+    const void *w[GEMV_R];
+    __m512 a[GEMV_R];
+    for (int r = 0; r < GEMV_R; r++) {
+        w[r] = w0 + (size_t)r * row_bytes;
+        a[r] = _mm512_setzero_ps();
+    }
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+        for (int r = 0; r < GEMV_R; r++) a[r] = _mm512_fmadd_ps(load_w(w[r], is_bf16, k), xv, a[r]);
+    }
+    if (k < K) {
+        __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(mk, x + k);
+        for (int r = 0; r < GEMV_R; r++) a[r] = _mm512_fmadd_ps(load_w_tail(w[r], is_bf16, k, mk), xv, a[r]);
+    }
+    for (int r = 0; r < GEMV_R; r++) res[r] = _mm512_reduce_add_ps(a[r]);
+}
+#define DM_GEMV_ROWS 1
 #else
 static inline void row_dot(const void *wr, int is_bf16, const float *x, int64_t K, const int M, float *res) {
     for (int m = 0; m < M; m++) {
@@ -114,6 +140,30 @@ dm_status dm_gemv(float *out, const float *x, const dm_tensor *w, const dm_tenso
             return s;
         }
     }
+#ifdef DM_GEMV_ROWS
+    if (M == 1) {
+        const int64_t N4 = N / GEMV_R;
+        const size_t rb = (size_t)K * esz;
+        #pragma omp parallel for schedule(static) if (N * K > 32768)
+        for (int64_t q = 0; q < N4; q++) {
+            float res[GEMV_R];
+            rows_dot1(wb + (size_t)(GEMV_R * q) * rb, rb, is_bf16, x, K, res);
+            for (int r = 0; r < GEMV_R; r++) {
+                int64_t n = GEMV_R * q + r;
+                float v = res[r] + (bias_f ? bias_f[n] : 0.0f);
+                out[n] = accumulate ? out[n] + v : v;
+            }
+        }
+        for (int64_t n = GEMV_R * N4; n < N; n++) {
+            float res[1];
+            row_dot(wb + (size_t)n * rb, is_bf16, x, K, 1, res);
+            float v = res[0] + (bias_f ? bias_f[n] : 0.0f);
+            out[n] = accumulate ? out[n] + v : v;
+        }
+        dm_free(bias_heap);
+        return DM_OK;
+    }
+#endif
     switch ((int)M) {
         GEMV_CASE(1)
         GEMV_CASE(2)
