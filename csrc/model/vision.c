@@ -224,8 +224,14 @@ static dm_status vision_encode_locked(dm_vision *v, const float *patches, int64_
     int64_t rw = 3 * D > F ? 3 * D : F;
     if (PD > rw) rw = PD;
     if (2 * D > rw) rw = 2 * D; /* merger work (normed + mid) reuses this region */
+    /* attention's packed K/V come from the arena too (warm pages across layers and calls) */
+    dm_attn_args wa = {0};
+    wa.Tq = wa.Tk = N;
+    wa.H = wa.Hkv = (int)H;
+    wa.Dk = wa.Dv = (int)hd;
+    const size_t ws_bytes = attention_workspace_bytes(&wa);
     const size_t bytes = sizeof(float) * ((size_t)N * (2 * D + rw) + (size_t)N * hd + (size_t)M * c->out_hidden) +
-                         sizeof(int64_t) * (2 * (size_t)M + 2) + sizeof(int32_t) * 2 * (size_t)N + 16 * 64;
+                         sizeof(int64_t) * (2 * (size_t)M + 2) + sizeof(int32_t) * 2 * (size_t)N + ws_bytes + 16 * 64;
     if (v->arena.cap < bytes) { /* grow (never shrinks: the largest image sets it) */
         dm_arena_free(&v->arena);
         DM_TRY(dm_arena_init(&v->arena, bytes));
@@ -243,7 +249,8 @@ static dm_status vision_encode_locked(dm_vision *v, const float *patches, int64_
     int64_t *seg = dm_arena_take(arp, (size_t)M + 1, sizeof(int64_t));
     int32_t *rows = dm_arena_take(arp, (size_t)N, sizeof(int32_t));
     int32_t *cols = dm_arena_take(arp, (size_t)N, sizeof(int32_t));
-    if (!X || !Hb || !R || !cos_t || !sin_t || !Y || !perm || !seg || !rows || !cols) goto done;
+    void *ws = dm_arena_take(arp, ws_bytes, 1);
+    if (!X || !Hb || !R || !cos_t || !sin_t || !Y || !perm || !seg || !rows || !cols || !ws) goto done;
 
     int64_t n_seg = 0;
     vision_window_index(mh, mw, win, unit, perm, seg, &n_seg);
@@ -277,6 +284,8 @@ static dm_status vision_encode_locked(dm_vision *v, const float *patches, int64_
         /* bf16 weights on oneDNN already round every matmul input to bf16: the
          * attention products may too (AMX); the OpenBLAS path stays f32. */
         a.bf16 = v->backend == DM_BACKEND_ONEDNN && l->q.dtype == DM_BF16;
+        a.workspace = ws;
+        a.workspace_bytes = ws_bytes;
         if (!c->full_attn[i]) {
             a.segments = seg;
             a.n_seg = n_seg;

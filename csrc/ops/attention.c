@@ -310,6 +310,37 @@ static void attend_item(float *out, const float *q, const float *k, const float 
     }
 }
 
+/* Two buffers carved from the caller's workspace when it is large enough, else
+ * allocated (then *owned = 1 and the caller frees both). */
+static int take_two(const dm_attn_args *a, size_t bytes1, size_t bytes2, void **p1, void **p2, int *owned,
+                    const char *what) {
+    const size_t b1 = (bytes1 + 63) / 64 * 64, b2 = (bytes2 + 63) / 64 * 64;
+    uintptr_t base = (uintptr_t)a->workspace, aligned = (base + 63) / 64 * 64;
+    if (a->workspace && a->workspace_bytes >= (aligned - base) + b1 + b2) {
+        *p1 = (void *)aligned;
+        *p2 = (void *)(aligned + b1);
+        *owned = 0;
+        return 1;
+    }
+    *p1 = dm_alloc(b1, 1, what);
+    *p2 = *p1 ? dm_alloc(b2, 1, what) : NULL;
+    *owned = 1;
+    if (!*p2) {
+        dm_free(*p1);
+        *p1 = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+size_t attention_workspace_bytes(const dm_attn_args *a) {
+    const int64_t nb = (a->Tk + BK - 1) / BK;
+    const size_t f32 = (size_t)a->Hkv * nb * BK * ((size_t)a->Dk + a->Dv) * sizeof(float);
+    const size_t DkP = (a->Dk + 31) / 32 * 32, DvP = (a->Dv + 15) / 16 * 16;
+    const size_t b16 = (size_t)a->Hkv * nb * BK * (DkP + DvP) * sizeof(uint16_t);
+    return (f32 > b16 ? f32 : b16) + 3 * 64;
+}
+
 /* ---------------- bf16 products on AMX ----------------
  * Per item: Q rows -> bf16 [BQ][DkP] (DkP = Dk rounded up to 32), S = Q K^T with
  * 16x16 f32 tiles (A: 16 query rows x 32 dims, B: K in VNNI pairs [DkP/2][BK][2]),
@@ -474,15 +505,21 @@ static dm_status attention_amx(float *out, const float *q, const float *k, const
     const int DkP = (a->Dk + 31) / 32 * 32, DvP = (a->Dv + 15) / 16 * 16;
     const int64_t nb = (a->Tk + BK - 1) / BK;
     const size_t kblk = (size_t)DkP * BK, vblk = (size_t)BK * DvP; /* bf16 elements per block */
-    uint16_t *kB = dm_alloc((size_t)a->Hkv * nb * kblk, sizeof(uint16_t), "attention bf16 K");
-    uint16_t *vB = kB ? dm_alloc((size_t)a->Hkv * nb * vblk, sizeof(uint16_t), "attention bf16 V") : NULL;
+    void *p1, *p2;
+    int owned;
+    if (!take_two(a, (size_t)a->Hkv * nb * kblk * sizeof(uint16_t), (size_t)a->Hkv * nb * vblk * sizeof(uint16_t),
+                  &p1, &p2, &owned, "attention bf16 K/V"))
+        return DM_ERR_NOMEM;
+    uint16_t *kB = p1, *vB = p2;
     size_t per = (size_t)BQ * BK + (size_t)BQ * DvP + 2 * BQ + ((size_t)BQ * DkP + (size_t)BQ * BK) / 2 +
                  (size_t)(DkP > DvP ? DkP : DvP) + 32;
     per = (per + 15) / 16 * 16;
-    float *scratch = vB ? dm_alloc((size_t)nt * per, sizeof(float), "attention scratch") : NULL;
+    float *scratch = dm_alloc((size_t)nt * per, sizeof(float), "attention scratch");
     if (!scratch) {
-        dm_free(kB);
-        dm_free(vB);
+        if (owned) {
+            dm_free(kB);
+            dm_free(vB);
+        }
         return DM_ERR_NOMEM;
     }
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -533,8 +570,10 @@ static dm_status attention_amx(float *out, const float *q, const float *k, const
         _tile_release();
     }
     dm_free(scratch);
-    dm_free(vB);
-    dm_free(kB);
+    if (owned) {
+        dm_free(vB);
+        dm_free(kB);
+    }
     return DM_OK;
 }
 #endif
@@ -625,18 +664,21 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
     /* Several query blocks share each key block: transpose K once, up front
      * (memory = one copy of K). A single query block (decoding) transposes on the fly. */
     float *kT_all = NULL, *vP = NULL;
+    int packs_owned = 0;
     const int64_t nb = (a->Tk + BK - 1) / BK;
     if (n_items > 1 || a->Tq > BQ) {
         /* V is packed too: per (kv head, block) BK contiguous rows of Dv, so the
          * PV loop streams one compact block instead of rows H*Dv apart. */
-        kT_all = dm_alloc((size_t)a->Hkv * nb * a->Dk * BK, sizeof(float), "attention K transpose");
-        vP = kT_all ? dm_alloc((size_t)a->Hkv * nb * a->Dv * BK, sizeof(float), "attention V pack") : NULL;
-        if (!kT_all || !vP) {
-            dm_free(kT_all);
+        void *p1, *p2;
+        if (!take_two(a, (size_t)a->Hkv * nb * a->Dk * BK * sizeof(float),
+                      (size_t)a->Hkv * nb * a->Dv * BK * sizeof(float), &p1, &p2, &packs_owned,
+                      "attention K/V packs")) {
             dm_free(scratch);
             dm_free(items);
             return DM_ERR_NOMEM;
         }
+        kT_all = p1;
+        vP = p2;
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t w = 0; w < a->Hkv * nb; w++) {
             int64_t b = w % nb;
@@ -663,8 +705,10 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
             attend_item(out, q, k, v, a, qs, ks, vs, os, &items[w % n_items], (int)(w / n_items), kT_all,
                         vP, nb, S, kT, acc, mrow, lrow);
     }
-    dm_free(vP);
-    dm_free(kT_all);
+    if (packs_owned) {
+        dm_free(vP);
+        dm_free(kT_all);
+    }
     dm_free(scratch);
     dm_free(items);
     return DM_OK;

@@ -8,6 +8,7 @@
 #ifndef DM_OPS_ATTENTION_H
 #define DM_OPS_ATTENTION_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/status.h"
@@ -34,7 +35,15 @@ typedef struct {
      * the precision of a bf16 model's matmuls, at several times the f32 speed.
      * Exact f32 instead where the CPU (or the kernel) has no AMX. */
     int bf16;
+    /* Optional caller-owned workspace for the packed copies of K and V (the large
+     * part of the kernel's memory); used when at least attention_workspace_bytes(a)
+     * long, else the kernel allocates. Lets a model reuse warm pages across calls. */
+    void *workspace;
+    size_t workspace_bytes;
 } dm_attn_args;
+
+/* Bytes of workspace attention_forward can use for these arguments. */
+size_t attention_workspace_bytes(const dm_attn_args *a);
 
 /* 1 when a->bf16 really runs on AMX on this machine (for tests and benchmarks). */
 int attention_bf16_available(void);
