@@ -529,7 +529,7 @@ static dm_status attention_amx(float *out, const float *q, const float *k, const
         const int nk = (int)(a->Tk - b * BK < BK ? a->Tk - b * BK : BK);
         uint32_t *kd = (uint32_t *)(kB + w * kblk); /* [DkP/2][BK] pairs */
         uint16_t *vd = vB + w * vblk;                /* [BK/2][DvP][2] */
-        uint16_t row[2][1024 + 32];
+        uint16_t row[1][1024 + 32];
         for (int j = 0; j < BK; j++) {
             if (j < nk)
                 row_to_bf16(row[0], k + (b * BK + j) * ks + (int64_t)g * a->Dk, a->Dk, DkP);
@@ -538,18 +538,22 @@ static dm_status attention_amx(float *out, const float *q, const float *k, const
             const uint32_t *r32 = (const uint32_t *)row[0];
             for (int dp = 0; dp < DkP / 2; dp++) kd[(int64_t)dp * BK + j] = r32[dp];
         }
+        /* V rows 2jp and 2jp+1 -> interleaved bf16 pairs: one cvtne2ps (row 2jp in
+         * the low half) and one word permute per 16 columns */
+        const __m512i ilv = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                             22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
         for (int jp = 0; jp < BK / 2; jp++) {
-            for (int t = 0; t < 2; t++) {
-                int j = 2 * jp + t;
-                if (j < nk)
-                    row_to_bf16(row[t], v + (b * BK + j) * vs + (int64_t)g * a->Dv, a->Dv, DvP);
-                else
-                    memset(row[t], 0, (size_t)DvP * sizeof(uint16_t));
-            }
+            const int j0 = 2 * jp, j1 = 2 * jp + 1;
+            const float *r0 = j0 < nk ? v + (b * BK + j0) * vs + (int64_t)g * a->Dv : NULL;
+            const float *r1 = j1 < nk ? v + (b * BK + j1) * vs + (int64_t)g * a->Dv : NULL;
             uint16_t *dst = vd + (int64_t)jp * DvP * 2;
-            for (int c = 0; c < DvP; c++) {
-                dst[2 * c] = row[0][c];
-                dst[2 * c + 1] = row[1][c];
+            for (int c = 0; c < DvP; c += 16) {
+                int rem = a->Dv - c;
+                __mmask16 m = rem >= 16 ? 0xffff : rem <= 0 ? 0 : (__mmask16)((1u << rem) - 1);
+                __m512 x0 = r0 ? _mm512_maskz_loadu_ps(m, r0 + c) : _mm512_setzero_ps();
+                __m512 x1 = r1 ? _mm512_maskz_loadu_ps(m, r1 + c) : _mm512_setzero_ps();
+                __m512i pk = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
+                _mm512_storeu_si512(dst + 2 * c, _mm512_permutexvar_epi16(ilv, pk));
             }
         }
     }
