@@ -153,6 +153,23 @@ def test_reference_windows_and_positions_match_transformers(gh, gw, window):
     assert torch.equal(their[:, None] == their[None, :], ours[:, None] == ours[None, :])
 
 
+def test_reference_rope_matches_transformers():
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qv
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+    from transformers.vision_utils import get_vision_position_ids
+
+    gh, gw, heads, hd = 6, 10, 3, 24
+    cfg = Qwen2_5_VLVisionConfig(hidden_size=heads * hd, num_heads=heads)
+    rot = qv.Qwen2_5_VLVisionRotaryEmbedding(cfg)
+    pos = get_vision_position_ids(torch.tensor([[1, gh, gw]]), 2)  # (N, 2): row, col
+    cos, sin = rot(torch.zeros(gh * gw, heads * hd), pos)
+    q = torch.randn(gh * gw, heads, hd, dtype=torch.float64)
+    theirs, _ = qv.apply_rotary_pos_emb_vision(q.float(), q.float(), cos, sin)
+    rows, cols = ref_positions(gh, gw)
+    ours = ref_rope(q, rows.double(), cols.double())
+    assert torch.allclose(ours.float(), theirs, atol=1e-5)
+
+
 # ---------------------------------------------------------------- tower parity
 
 # f32 tolerance from the issue: max abs error <= 1e-4 x max|out|. The C side is f32
