@@ -309,7 +309,7 @@ static dm_status vision_encode_locked(dm_vision *v, const float *patches, int64_
     st = DM_OK;
 done:
     dm_arena_reset(arp);
-    /* keep up to 512 MiB for the next image (a 1024x1024 image needs ~110 MiB);
+    /* keep up to 512 MiB for the next image (a 1024x1024 image needs ~160 MiB);
      * a huge one gives its memory back */
     if (arp->cap > ((size_t)512 << 20)) dm_arena_free(arp);
     return st;
