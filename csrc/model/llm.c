@@ -9,26 +9,11 @@
 #include "core/alloc.h"
 #include "io/safetensors.h"
 #include "ops/attention.h"
+#include "ops/norm.h"
 #include "ops/swiglu.h"
 
 static const char *const llm_prefixes[] = {"model.", NULL};
 static const char *const root_prefixes[] = {"", NULL};
-
-/* ---- small ops ---------------------------------------------------------- */
-
-/* Row-wise RMSNorm in f32 (x * rsqrt(mean(x^2) + eps) * w), rows of `n` at `stride`. */
-static void rmsnorm_rows(float *out, int64_t out_stride, const float *x, int64_t stride, int64_t rows,
-                         int64_t n, const float *w, float eps) {
-    #pragma omp parallel for schedule(static) if (rows > 4)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * stride;
-        float *o = out + r * out_stride;
-        double ss = 0; /* double: n can be thousands, keep the mean exact-ish */
-        for (int64_t i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
-        float inv = 1.0f / sqrtf((float)(ss / (double)n) + eps);
-        for (int64_t i = 0; i < n; i++) o[i] = w[i] * (xr[i] * inv);
-    }
-}
 
 /* ---- construction ------------------------------------------------------- */
 
@@ -349,10 +334,10 @@ dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t po
     }
     for (int64_t l = 0; l < k->n_layers; l++) {
         const dm_llm_layer *L = &m->layers[l];
-        rmsnorm_rows(h, D, x, D, T, D, L->in_norm, eps);
+        rmsnorm_forward(h, D, x, D, T, D, L->in_norm, eps);
         if (k->q_lora) {
             if ((s = dm_matmul(m->backend, qa, h, &L->q_a, k->attention_bias ? &L->q_a_bias : NULL, T, 0))) goto done;
-            rmsnorm_rows(qa, k->q_lora, qa, k->q_lora, T, k->q_lora, L->q_a_norm, eps);
+            rmsnorm_forward(qa, k->q_lora, qa, k->q_lora, T, k->q_lora, L->q_a_norm, eps);
             if ((s = dm_matmul(m->backend, q, qa, &L->q_b, NULL, T, 0))) goto done;
         } else if ((s = dm_matmul(m->backend, q, h, &L->q_proj, NULL, T, 0))) {
             goto done;
@@ -360,7 +345,7 @@ dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t po
         if ((s = dm_matmul(m->backend, ckv, h, &L->kv_a, k->attention_bias ? &L->kv_a_bias : NULL, T, 0))) goto done;
         /* latent normalised, k_rot rotated, both appended to the cache */
         float *cache = kv[l];
-        rmsnorm_rows(cache + pos0 * KD, KD, ckv, KD, T, C, L->kv_a_norm, eps);
+        rmsnorm_forward(cache + pos0 * KD, KD, ckv, KD, T, C, L->kv_a_norm, eps);
         for (int64_t t = 0; t < T; t++)
             memcpy(cache + (pos0 + t) * KD + C, ckv + t * KD + C, (size_t)R * sizeof(float));
         rope1d_forward(cache + pos0 * KD + C, T, 1, KD, 0, (int)R, pos0, m->inv_freq, m->attn_factor,
@@ -372,13 +357,13 @@ dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t po
         if (s) goto done;
         /* residual adds fused into the matmuls (accumulate into x) */
         if ((s = dm_matmul(m->backend, x, ao, &L->o, k->attention_bias ? &L->o_bias : NULL, T, 1))) goto done;
-        rmsnorm_rows(h, D, x, D, T, D, L->post_norm, eps);
+        rmsnorm_forward(h, D, x, D, T, D, L->post_norm, eps);
         if ((s = dm_matmul(m->backend, g, h, &L->gate, NULL, T, 0))) goto done;
         if ((s = dm_matmul(m->backend, u, h, &L->up, NULL, T, 0))) goto done;
         swiglu_forward(g, u, T * k->inter);
         if ((s = dm_matmul(m->backend, x, g, &L->down, NULL, T, 1))) goto done;
     }
-    rmsnorm_rows(x, D, x, D, T, D, m->final_norm, eps);
+    rmsnorm_forward(x, D, x, D, T, D, m->final_norm, eps);
 done:
     if (s != DM_OK && s != DM_ERR_NOMEM) dm_fail_context(s, "language model layer forward: ");
     dm_free(h);
