@@ -9,23 +9,8 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-/* exp(x), x clamped to [-87.3, 88.3]: range reduction to |r| <= ln2/2, degree-6
- * polynomial (Cephes expf coefficients), about 2 ulp. */
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
+#include "ops/vmath.h"
+
 #endif
 
 void gelu_tanh_forward(float *out, const float *x, int64_t n) {
@@ -38,7 +23,7 @@ void gelu_tanh_forward(float *out, const float *x, int64_t n) {
         __m512 v = _mm512_loadu_ps(x + i);
         __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
         __m512 u = _mm512_mul_ps(_mm512_set1_ps(-2.0f * k0), _mm512_fmadd_ps(_mm512_set1_ps(k1), v3, v));
-        __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(u));
+        __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), dm_exp16(u));
         _mm512_storeu_ps(out + i, _mm512_div_ps(v, d));
     }
     for (int64_t i = nv; i < n; i++) {

@@ -15,6 +15,8 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include "ops/vmath.h"
 #endif
 #if defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__AVX512BF16__) && defined(__linux__)
 #define DM_ATTN_AMX 1
@@ -32,27 +34,6 @@ typedef struct {
 } attn_item;
 
 #if defined(__AVX512F__)
-/* exp for x <= 0 (softmax arguments): Cephes-style range reduction, degree-6
- * polynomial, about 1 ulp; arguments below -87.3 (and -inf) give exactly 0. */
-static inline __m512 exp512(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.3f);
-    __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    x = _mm512_max_ps(x, lo);
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-    __m512 r2 = _mm512_mul_ps(r, r);
-    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    __m512 e = _mm512_scalef_ps(p, n);
-    return _mm512_mask_mov_ps(e, under, _mm512_setzero_ps());
-}
 
 /* S[r][0..BK) = q_r . kT[:, j] for 4 rows (rows beyond nq reuse row 0). */
 static void qk_block(float *S, const float *const *qrow, const float *kT, int Dk) {
@@ -188,7 +169,7 @@ static inline float softmax_row(float *s, int lo, int hi, float scale, float *m,
     __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(m_new), acc = _mm512_setzero_ps();
     for (int x = 0; x < BK / 16; x++) {
         __m512 xx = _mm512_fmsub_ps(_mm512_load_ps(s + 16 * x), vs, vm);
-        __m512 p = _mm512_maskz_mov_ps(mks[x], exp512(xx));
+        __m512 p = _mm512_maskz_mov_ps(mks[x], dm_exp16(xx));
         _mm512_store_ps(s + 16 * x, p);
         acc = _mm512_add_ps(acc, p);
     }
