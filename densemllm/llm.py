@@ -99,25 +99,9 @@ def _vision(model, image, image_embeds):
         return None, None
     # preprocess once; the encoder takes the preprocessed patches and grid
     pre = model.preprocess(image)
-    gh, gw = _grid_of(pre)
     m = model.config.vision.spatial_merge_size
     e = np.ascontiguousarray(model.encode_image(pre), dtype=np.float32)
-    grid = (gh // m, gw // m) if gh and (gh // m) * (gw // m) == e.shape[0] else None
-    return e, grid
-
-
-def _grid_of(pre):
-    """Patch grid (gh, gw) of a preprocess() result, whatever its form."""
-    for a, b in (("grid_h", "grid_w"), ("gh", "gw")):
-        if hasattr(pre, a) and hasattr(pre, b):
-            return int(getattr(pre, a)), int(getattr(pre, b))
-    g = getattr(pre, "grid", None)
-    if g is None and isinstance(pre, dict):
-        g = pre.get("grid") or pre.get("grid_thw")
-    if g is not None:
-        g = tuple(int(x) for x in np.asarray(g).reshape(-1))
-        return g[-2], g[-1]
-    return 0, 0
+    return e, (pre.grid[0] // m, pre.grid[1] // m)
 
 
 def _prompt_ids(model, prompt_or_ids, n_vision):
