@@ -108,22 +108,16 @@ def run_turn(model, rgb, text, *, image_first=True, stop_at_mask=True, max_new_t
     new = list(sess.generate_ids(max_new_tokens, eos_token_id=sorted(eos), **gen))
     t2 = time.perf_counter()
     out = model.tokenizer.decode(new, skip_special_tokens=True)
-    grid = session_grid(model, sess, rgb)
+    grid = session_grid(sess)
     return Turn(sess, out, new, grid, {"prefill": t1 - t0, "generate": t2 - t1})
 
 
-def session_grid(model, sess, rgb):
-    """(gh/2, gw/2) merged-token grid of the session's image."""
+def session_grid(sess):
+    """(gh/2, gw/2) merged-token grid of the session's image (set by the prefill)."""
     g = sess.vision_grid
-    if g:
-        return int(g[0]), int(g[1])
-    n = sess.vision_hidden().shape[0]
-    pre = model.preprocess(rgb)  # (patches, (gh, gw), (H, W)) in patches
-    gh, gw = (int(v) for v in pre[1])
-    m = model.config.vision.spatial_merge_size
-    if (gh // m) * (gw // m) == n:
-        return gh // m, gw // m
-    raise RuntimeError("cannot tell the vision token grid of this session")
+    if not g:
+        raise RuntimeError("this session was prefilled without an image: no vision token grid")
+    return int(g[0]), int(g[1])
 
 
 def class_ids(model, entry, what="class") -> tuple:

@@ -25,5 +25,5 @@ def vision_logits(model, image, ids_or_names, prompt=None, *, scale=1.0):
     check_image(rgb)
     t0 = time.perf_counter()
     sess = model.prefill(render_prompt(model, prompt), image=rgb)
-    turn = Turn(sess, "", [], session_grid(model, sess, rgb), {"prefill": time.perf_counter() - t0})
+    turn = Turn(sess, "", [], session_grid(sess), {"prefill": time.perf_counter() - t0})
     return grid_logits(turn, groups)
