@@ -186,6 +186,24 @@ static inline float softmax_row(float *s, int lo, int hi, float scale, float *m,
     return corr;
 }
 
+/* One online-softmax step for a query row over key block [kb, kb+nk): limit the
+ * visible keys (segment start jlo, causal end: the row sees keys < q_end), turn its
+ * scores into probabilities in place and rescale its output accumulator. */
+static inline void softmax_block_row(float *s, float *acc_row, int dv, const dm_attn_args *a,
+                                     int64_t q_end, int64_t kb, int64_t khi, int nk, int jlo,
+                                     float *m, float *l) {
+    int64_t lim = khi;
+    if (a->causal && q_end < lim) lim = q_end;
+    int64_t valid = lim - kb;
+    if (valid > nk) valid = nk;
+    if (valid < jlo) valid = jlo;
+    float corr = softmax_row(s, jlo, (int)valid, a->scale, m, l);
+    if (corr != 1.0f) {
+#pragma omp simd
+        for (int c = 0; c < dv; c++) acc_row[c] *= corr;
+    }
+}
+
 /* Copy key block [kb, kb+nk) of kv head g to kT[Dk][BK], zero-padded. */
 static void transpose_block(float *kT, const float *k, int64_t ks, int g, int Dk, int64_t kb, int nk) {
     const float *kbase = k + (int64_t)g * Dk;
@@ -247,19 +265,9 @@ static void attend_item(float *out, const float *q, const float *k, const float 
             }
 #endif
         }
-        for (int64_t i = 0; i < nq; i++) {
-            int64_t lim = khi; /* exclusive key limit for this row */
-            if (a->causal && shift + it->q0 + i + 1 < lim) lim = shift + it->q0 + i + 1;
-            int64_t valid = lim - kb;
-            if (valid > nk) valid = nk;
-            if (valid < jlo) valid = jlo;
-            float corr = softmax_row(S + i * BK, jlo, (int)valid, a->scale, &mrow[i], &lrow[i]);
-            if (corr != 1.0f) {
-                float *ar = acc + i * Dv;
-#pragma omp simd
-                for (int c = 0; c < Dv; c++) ar[c] *= corr;
-            }
-        }
+        for (int64_t i = 0; i < nq; i++)
+            softmax_block_row(S + i * BK, acc + i * Dv, Dv, a, shift + it->q0 + i + 1, kb, khi, nk, jlo,
+                              &mrow[i], &lrow[i]);
         /* packed V block (rows of Dv, contiguous) when available */
         const float *vblk = vP ? vP + (((int64_t)g * nb + kb / BK) * BK + jlo) * Dv : vbase + (kb + jlo) * vs;
         const int64_t vstr = vP ? Dv : vs;
@@ -419,17 +427,8 @@ static void attend_item_amx(float *out, const float *q, const dm_attn_args *a, i
             _tile_stored(3, Sr + 48, BK * 4);
         }
         for (int64_t i = 0; i < nq; i++) {
-            int64_t lim = khi;
-            if (a->causal && shift + it->q0 + i + 1 < lim) lim = shift + it->q0 + i + 1;
-            int64_t valid = lim - kb;
-            if (valid > nk) valid = nk;
-            if (valid < jlo) valid = jlo;
-            float corr = softmax_row(S + i * BK, jlo, (int)valid, a->scale, &mrow[i], &lrow[i]);
-            if (corr != 1.0f) {
-                float *ar = acc + i * DvP;
-#pragma omp simd
-                for (int c = 0; c < DvP; c++) ar[c] *= corr;
-            }
+            softmax_block_row(S + i * BK, acc + i * DvP, DvP, a, shift + it->q0 + i + 1, kb, khi, nk, jlo,
+                              &mrow[i], &lrow[i]);
             row_to_bf16(P16 + i * BK, S + i * BK, BK, BK);
         }
         /* acc += P V: per 16-row block, P's two 32-key halves stay in tiles 4 and 6
