@@ -89,15 +89,21 @@ static inline double hsum_pd(__m512 v) { /* 16 floats summed in double */
     return _mm512_reduce_add_pd(s);
 }
 
-/* Lanes of ids v .. v+15 that are valid negatives (not positive, in the mask, < V). */
-static inline __mmask16 neg_lanes(const uint8_t *mask, const uint8_t *marks, int64_t v, int64_t V) {
-    __mmask16 tm = v + 16 <= V ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - v)) - 1);
-    __m128i mk = _mm_maskz_loadu_epi8(tm, marks + v);
-    __mmask16 m = tm & ~_mm_test_epi8_mask(mk, _mm_set1_epi8(MARK_POS));
+/* Lanes v..v+15 that are inside V and valid under `mask` (NULL: all valid). */
+static inline __mmask16 valid_lanes(const uint8_t *mask, int64_t v, int64_t V) {
+    __mmask16 m = v + 16 <= V ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - v)) - 1);
     if (mask) {
-        __m128i vm = _mm_maskz_loadu_epi8(tm, mask + v);
+        __m128i vm = _mm_maskz_loadu_epi8(m, mask + v);
         m &= _mm_test_epi8_mask(vm, vm);
     }
+    return m;
+}
+
+/* Lanes of ids v .. v+15 that are valid negatives (not positive, in the mask, < V). */
+static inline __mmask16 neg_lanes(const uint8_t *mask, const uint8_t *marks, int64_t v, int64_t V) {
+    __mmask16 m = valid_lanes(mask, v, V);
+    __m128i mk = _mm_maskz_loadu_epi8(m, marks + v);
+    m &= ~_mm_test_epi8_mask(mk, _mm_set1_epi8(MARK_POS));
     return m;
 }
 
@@ -154,11 +160,7 @@ static int64_t row_softmax(const float *z, int64_t V, const uint8_t *mask, float
                            double *sum) {
     __m512 mv = _mm512_set1_ps(-INFINITY);
     for (int64_t v = 0; v < V; v += 16) {
-        __mmask16 m = v + 16 <= V ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - v)) - 1);
-        if (mask) {
-            __m128i vm = _mm_maskz_loadu_epi8(m, mask + v);
-            m &= _mm_test_epi8_mask(vm, vm);
-        }
+        __mmask16 m = valid_lanes(mask, v, V);
         __m512 x = _mm512_maskz_loadu_ps(m, z + v);
         __mmask16 bad = _mm512_mask_cmp_ps_mask(m, x, x, _CMP_UNORD_Q);
         if (bad) return v + __builtin_ctz(bad);
@@ -168,11 +170,7 @@ static int64_t row_softmax(const float *z, int64_t V, const uint8_t *mask, float
     const __m512d mxv = _mm512_set1_pd(mx);
     __m512d acc = _mm512_setzero_pd();
     for (int64_t v = 0; v < V; v += 16) {
-        __mmask16 m = v + 16 <= V ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - v)) - 1);
-        if (mask) {
-            __m128i vm = _mm_maskz_loadu_epi8(m, mask + v);
-            m &= _mm_test_epi8_mask(vm, vm);
-        }
+        __mmask16 m = valid_lanes(mask, v, V);
         __m512 x = _mm512_maskz_loadu_ps(m, z + v);
         __m256 hi = _mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(x), 1));
         __m512d e0 = _mm512_maskz_mov_pd((__mmask8)m,
@@ -195,11 +193,7 @@ static int64_t row_softmax(const float *z, int64_t V, const uint8_t *mask, float
 static void row_scale(float *g, int64_t V, const uint8_t *mask, float f) {
     const __m512 fv = _mm512_set1_ps(f);
     for (int64_t v = 0; v < V; v += 16) {
-        __mmask16 m = v + 16 <= V ? (__mmask16)0xFFFF : (__mmask16)((1u << (V - v)) - 1);
-        if (mask) {
-            __m128i vm = _mm_maskz_loadu_epi8(m, mask + v);
-            m &= _mm_test_epi8_mask(vm, vm);
-        }
+        __mmask16 m = valid_lanes(mask, v, V);
         _mm512_mask_storeu_ps(g + v, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + v), fv));
     }
 }

@@ -13,6 +13,22 @@
 /* ---- RLE ------------------------------------------------------------------- */
 
 /* rle_encode(map int32 ndarray, C-contiguous) -> str */
+/* K, the number of classes of a CSR (offsets [K+1], ids) pair, or -1 with ValueError. */
+static npy_intp class_count(PyArrayObject *o, PyArrayObject *ids) {
+    npy_intp K = PyArray_DIM(o, 0) - 1;
+    if (K < 1) {
+        PyErr_Format(PyExc_ValueError, "offsets must have K+1 >= 2 entries");
+        return -1;
+    }
+    const int64_t *off = PyArray_DATA(o);
+    if (off[K] != PyArray_DIM(ids, 0)) {
+        PyErr_Format(PyExc_ValueError, "offsets[-1] = %lld but there are %zd ids", (long long)off[K],
+                     PyArray_DIM(ids, 0));
+        return -1;
+    }
+    return K;
+}
+
 static PyObject *py_rle_encode(PyObject *self, PyObject *arg) {
     if (!dm_py_check_array(arg, "map", NPY_INT32, -1)) return NULL;
     PyArrayObject *a = (PyArrayObject *)arg;
@@ -106,12 +122,9 @@ static PyObject *py_class_logits(PyObject *self, PyObject *args, PyObject *kw) {
     if (head.ndim != 2 || head.shape[1] != PyArray_DIM(h, 1))
         return PyErr_Format(PyExc_ValueError, "head must be [vocab, %zd] (the hidden size)",
                             PyArray_DIM(h, 1));
-    npy_intp K = PyArray_DIM(o, 0) - 1;
-    if (K < 1) return PyErr_Format(PyExc_ValueError, "offsets must have K+1 >= 2 entries");
+    npy_intp K = class_count(o, ids);
+    if (K < 0) return NULL;
     const int64_t *off = PyArray_DATA(o);
-    if (off[K] != PyArray_DIM(ids, 0))
-        return PyErr_Format(PyExc_ValueError, "offsets[-1] = %lld but there are %zd ids",
-                            (long long)off[K], PyArray_DIM(ids, 0));
     npy_intp dims[2] = {PyArray_DIM(h, 0), K};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     if (!out) return NULL;
@@ -254,12 +267,9 @@ static PyObject *py_session_class_logits(PyObject *self, PyObject *args) {
     if (!dm_py_check_array(o_obj, "offsets", NPY_INT64, 1)) return NULL;
     if (!dm_py_check_array(i_obj, "ids", NPY_INT64, 1)) return NULL;
     PyArrayObject *o = (PyArrayObject *)o_obj, *ids = (PyArrayObject *)i_obj;
-    npy_intp K = PyArray_DIM(o, 0) - 1;
-    if (K < 1) return PyErr_Format(PyExc_ValueError, "offsets must have K+1 >= 2 entries");
+    npy_intp K = class_count(o, ids);
+    if (K < 0) return NULL;
     const int64_t *off = PyArray_DATA(o);
-    if (off[K] != PyArray_DIM(ids, 0))
-        return PyErr_Format(PyExc_ValueError, "offsets[-1] = %lld but there are %zd ids",
-                            (long long)off[K], PyArray_DIM(ids, 0));
     int64_t n = 0, gh = 0, gw = 0;
     const float *hidden = NULL;
     dm_session_vision_hidden(s, &n, &hidden);
