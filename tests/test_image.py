@@ -13,41 +13,97 @@ from densemllm.image import to_rgb_array
 
 
 def torch_resize(img, oh, ow):
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    """torch's uint8 kernel, the resize of the official (fast, torchvision) processor."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+    assert t.dtype == torch.uint8
     r = F.interpolate(t, size=(oh, ow), mode="bilinear", antialias=True, align_corners=False)
     return r[0].permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize(
-    "h,w,oh,ow",
-    [
-        (37, 53, 64, 96),  # up, odd sizes
-        (300, 200, 64, 32),  # down by ~5x
-        (17, 1000, 32, 320),  # extreme aspect ratio, down in x, up in y
-        (1000, 7, 96, 32),  # extreme portrait
-        (5, 5, 64, 64),  # tiny -> large
-        (641, 479, 224, 160),  # odd, down
-        (64, 64, 64, 64),  # identity
-    ],
-)
-def test_resize_matches_torch(h, w, oh, ow):
-    rng = np.random.default_rng(h * w)
-    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+def official_pixels(rgb, oh, ow):
+    """float32 [3, oh, ow]: torch uint8 resize, then transformers' fused rescale + normalise
+    (image_processing_backends.TorchvisionBackend.rescale_and_normalize: mean and std
+    multiplied by 1 / rescale_factor as float32 tensors, then tvF.normalize, i.e.
+    (x.float() - mean) / std)."""
+    t = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None]
+    r = F.interpolate(t, size=(oh, ow), mode="bilinear", antialias=True, align_corners=False)[0]
+    mean = torch.tensor([0.5, 0.5, 0.5]) * (1.0 / (1 / 255))
+    std = torch.tensor([0.5, 0.5, 0.5]) * (1.0 / (1 / 255))
+    return ((r.to(torch.float32) - mean[:, None, None]) / std[:, None, None]).numpy()
+
+
+RESIZE_CASES = [
+    (37, 53, 64, 96),  # up, odd sizes
+    (300, 200, 64, 32),  # down by ~5x
+    (17, 1000, 32, 320),  # extreme aspect ratio, down in x, up in y
+    (1000, 7, 96, 32),  # extreme portrait
+    (5, 5, 64, 64),  # tiny -> large
+    (641, 479, 224, 160),  # odd, down
+    (64, 64, 64, 64),  # identity
+    (1, 333, 32, 96),  # 1xN
+    (333, 1, 96, 32),  # Nx1
+    (64, 333, 64, 96),  # height unchanged: torch skips the vertical pass
+    (333, 64, 96, 64),  # width unchanged: torch skips the horizontal pass
+    (3, 5000, 32, 1024),  # 1:1600, shrink by ~5x with ~11 taps
+]
+
+
+@pytest.mark.parametrize("h,w,oh,ow", RESIZE_CASES)
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_resize_bit_exact_to_torch_uint8(h, w, oh, ow, channels):
+    rng = np.random.default_rng(h * w + channels)
+    img = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
     out = _core.resize_bilinear_aa(img, oh, ow)
+    assert out.dtype == np.uint8 and out.shape == (oh, ow, channels)
     ref = torch_resize(img, oh, ow)
-    # Issue bound: 1/255 in [0, 1] pixel units. (Both are f32 sums of the same
-    # normalised weights; observed ~1e-5 in 0..255 units.)
-    assert np.abs(out - ref).max() / 255.0 <= 1 / 255
+    assert np.abs(out.astype(np.int16) - ref.astype(np.int16)).max() == 0
 
 
 def test_resize_strided_and_broadcast_inputs():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (90, 120, 4), dtype=np.uint8)
     view = img[::-1, ::2, 2::-1]  # negative and non-unit strides, BGR order
-    ref = torch_resize(view, 40, 32)
-    assert np.abs(_core.resize_bilinear_aa(view, 40, 32) - ref).max() <= 1e-3
+    np.testing.assert_array_equal(_core.resize_bilinear_aa(view, 40, 32), torch_resize(view, 40, 32))
     gray = np.broadcast_to(img[:, :, :1], (90, 120, 3))
-    assert np.abs(_core.resize_bilinear_aa(gray, 33, 47) - torch_resize(gray, 33, 47)).max() <= 1e-3
+    np.testing.assert_array_equal(_core.resize_bilinear_aa(gray, 33, 47), torch_resize(gray, 33, 47))
+
+
+def _patches_to_chw(patches, grid, size, patch=16, merge=2):
+    gh, gw = grid
+    x = patches.reshape(gh // merge, gw // merge, merge, merge, patch, patch, 3)
+    return x.transpose(6, 0, 2, 4, 1, 3, 5).reshape(3, size[0], size[1])
+
+
+@pytest.mark.parametrize("h,w,maxp", [
+    (37, 53, 36864),  # up to 64x64
+    (300, 200, 36864),  # up to 320x224
+    (1, 333, 36864), (333, 1, 36864),  # 1xN, Nx1
+    (17, 3000, 36864),  # extreme aspect ratio
+    (641, 479, 256),  # the size rule shrinks the scale (steps of 0.02) and resizes down
+    (1000, 999, 1024),  # rule changes scale, odd target ratio
+])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_preprocess_equals_official_pixels(h, w, maxp, mode):
+    """The whole preprocessing (size rule, uint8 resize, fused rescale/normalise, patch
+    order) against torch directly: max abs difference 0 on the pixel values."""
+    from PIL import Image
+
+    rng = np.random.default_rng(h + w)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
+    rgb = np.asarray(img.convert("RGB"))  # what the official processor's convert_rgb gives
+    patches, grid, size = _core.preprocess(to_rgb_array(img), maxp)
+    assert (size[0], size[1]) == ref_target(h, w, maxp)
+    got = _patches_to_chw(patches, grid, size)
+    want = official_pixels(rgb, *size)
+    assert got.dtype == np.float32 and np.abs(got - want).max() == 0
+    # numpy inputs of the same image (HxW, HxWx1, HxWx4) give identical patches
+    if mode == "L":
+        for a in (arr[..., 0], arr):
+            np.testing.assert_array_equal(_core.preprocess(to_rgb_array(a), maxp)[0], patches)
+    if mode == "RGBA":
+        np.testing.assert_array_equal(_core.preprocess(to_rgb_array(arr), maxp)[0], patches)
 
 
 def ref_target(h, w, maxp, patch=16, merge=2):

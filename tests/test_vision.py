@@ -106,9 +106,13 @@ def ref_target_size(h, w, max_num_patches, patch=16, merge=2):
 
 def ref_preprocess(img, max_num_patches=36864, patch=16, merge=2):
     th, tw = ref_target_size(img.shape[0], img.shape[1], max_num_patches, patch, merge)
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    # the official processor: torch's uint8 antialiased resize, then the fused
+    # rescale + normalise of transformers' fast processor ((x - 127.5) / 127.5 in f32)
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
     r = F.interpolate(t, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)[0]
-    r = (r / 255.0 - 0.5) / 0.5  # [3, th, tw]
+    mean = torch.tensor([0.5, 0.5, 0.5]) * (1.0 / (1 / 255))
+    std = torch.tensor([0.5, 0.5, 0.5]) * (1.0 / (1 / 255))
+    r = (r.to(torch.float32) - mean[:, None, None]) / std[:, None, None]  # [3, th, tw]
     gh, gw = th // patch, tw // patch
     # [3, gh/m, m, p, gw/m, m, p] -> [gh/m, gw/m, m, m, p, p, 3]
     x = r.reshape(3, gh // merge, merge, patch, gw // merge, merge, patch).permute(1, 4, 2, 5, 3, 6, 0)
@@ -243,8 +247,7 @@ def test_encode_image_end_to_end(tmp_path):
     patches, grid, size = pre
     rp, rgrid, rsize = ref_preprocess(img)
     assert grid == rgrid == (6, 10) and size == rsize == (96, 160)
-    # 1/255 in [0,1] units is 2/255 after the (x - 0.5)/0.5 normalisation
-    assert np.abs(patches - rp).max() <= 2 / 255
+    assert np.array_equal(patches, rp)  # bit-exact preprocessing
     out = model.encode_image(img)
     assert rel_err(out, ref_tower(w, cfg, rp, *rgrid)) <= F32_TOL
     assert np.array_equal(out, model.encode_image(pre))

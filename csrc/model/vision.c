@@ -20,6 +20,10 @@
 
 /* ---------------- preprocessing ---------------- */
 
+/* mean 0.5 and std 0.5 of the processor, times 1 / rescale_factor (255) */
+#define VISION_NORM_MEAN 127.5f
+#define VISION_NORM_STD 127.5f
+
 dm_status vision_target_size(int64_t H, int64_t W, int64_t patch, int64_t merge,
                              int64_t max_num_patches, int64_t *OH, int64_t *OW) {
     if (H <= 0 || W <= 0) return dm_fail(DM_ERR_VALUE, "image is empty (%lld x %lld)", (long long)H, (long long)W);
@@ -53,9 +57,9 @@ dm_status vision_preprocess(float *patches, const uint8_t *img, int64_t H, int64
     if (OH <= 0 || OW <= 0 || OH % unit || OW % unit)
         return dm_fail(DM_ERR_VALUE, "preprocess: target %lld x %lld is not a multiple of %lld",
                        (long long)OH, (long long)OW, (long long)unit);
-    float *rs = dm_alloc((size_t)OH * (size_t)OW, (size_t)C * sizeof(float), "resized image");
+    uint8_t *rs = dm_alloc((size_t)OH * (size_t)OW, (size_t)C, "resized image");
     if (!rs) return DM_ERR_NOMEM;
-    dm_status st = resize_bilinear_aa_u8(rs, img, H, W, C, sh, sw, sc, OH, OW, 1.0f, 0.0f);
+    dm_status st = resize_bilinear_aa_u8(rs, img, H, W, C, sh, sw, sc, OH, OW);
     if (st != DM_OK) {
         dm_free(rs);
         return st;
@@ -69,9 +73,12 @@ dm_status vision_preprocess(float *patches, const uint8_t *img, int64_t H, int64
         const int64_t prow = (b / bw) * merge + in / merge, pcol = (b % bw) * merge + in % merge;
         float *dst = patches + t * pd;
         for (int64_t py = 0; py < patch; py++) {
-            const float *src = rs + ((prow * patch + py) * OW + pcol * patch) * C;
-            /* rescale 1/255, then normalise with mean 0.5 and std 0.5 (the processor's order) */
-            for (int64_t i = 0; i < patch * C; i++) dst[py * patch * C + i] = (src[i] * (1.0f / 255.0f) - 0.5f) / 0.5f;
+            const uint8_t *src = rs + ((prow * patch + py) * OW + pcol * patch) * C;
+            /* rescale 1/255 and normalise (mean 0.5, std 0.5) fused as transformers' fast
+             * processor does: mean and std scaled by 255 in f32 (127.5 both), then
+             * (v - 127.5f) / 127.5f in f32, so the values are bit-equal to its output. */
+            for (int64_t i = 0; i < patch * C; i++)
+                dst[py * patch * C + i] = ((float)src[i] - VISION_NORM_MEAN) / VISION_NORM_STD;
         }
     }
     dm_free(rs);

@@ -34,8 +34,9 @@ dm_status vision_target_size(int64_t H, int64_t W, int64_t patch, int64_t merge,
 
 /* uint8 RGB image (byte strides) -> patches f32 [gh*gw, C*patch*patch] in 2x2
  * merge-block order (blocks row-major, patches row-major in a block, each patch
- * [py][px][c]), values (v/255 - 0.5)/0.5 of the anti-aliased bilinear resize to
- * OH x OW (multiples of patch*merge). */
+ * [py][px][c]), values (v - 127.5f) / 127.5f (the processor's fused rescale 1/255 and
+ * normalisation with mean = std = 0.5) of the uint8 anti-aliased bilinear resize to
+ * OH x OW (multiples of patch*merge; bit-exact to torch, see ops/resize.h). */
 dm_status vision_preprocess(float *patches, const uint8_t *img, int64_t H, int64_t W, int64_t C,
                             int64_t sh, int64_t sw, int64_t sc, int64_t OH, int64_t OW,
                             int64_t patch, int64_t merge);

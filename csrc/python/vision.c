@@ -114,7 +114,8 @@ static int image_view(PyObject *obj, PyArrayObject **arr, int64_t dims[3], int64
     return 1;
 }
 
-/* resize_bilinear_aa(img uint8 [H,W(,C)], out_h, out_w) -> f32 [out_h, out_w, C] (0..255) */
+/* resize_bilinear_aa(img uint8 [H,W(,C)], out_h, out_w) -> uint8 [out_h, out_w, C],
+ * bit-exact to torch's uint8 antialiased bilinear interpolate */
 static PyObject *py_resize(PyObject *self, PyObject *args) {
     PyObject *img;
     long long oh, ow;
@@ -125,13 +126,13 @@ static PyObject *py_resize(PyObject *self, PyObject *args) {
     if (oh <= 0 || ow <= 0 || oh > (1 << 20) || ow > (1 << 20))
         return PyErr_Format(PyExc_ValueError, "output size must be in 1..2^20, got %lld x %lld", oh, ow);
     npy_intp dims[3] = {(npy_intp)oh, (npy_intp)ow, (npy_intp)d[2]};
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_FLOAT32);
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_UINT8);
     if (!out) return NULL;
     dm_status s;
     Py_BEGIN_ALLOW_THREADS
     dm_threads_enter();
     s = resize_bilinear_aa_u8(PyArray_DATA(out), PyArray_DATA(a), d[0], d[1], d[2], st[0], st[1], st[2],
-                              oh, ow, 1.0f, 0.0f);
+                              oh, ow);
     Py_END_ALLOW_THREADS
     if (s != DM_OK) {
         Py_DECREF(out);
@@ -346,7 +347,7 @@ static PyMethodDef vision_methods[] = {
     {"attention_bf16_available", py_attention_bf16_available, METH_NOARGS,
      "1 when attention(bf16=True) runs on AMX on this machine."},
     {"resize_bilinear_aa", py_resize, METH_VARARGS,
-     "resize_bilinear_aa(img uint8, out_h, out_w) -> float32 [out_h, out_w, C] (torch antialias bilinear)."},
+     "resize_bilinear_aa(img uint8, out_h, out_w) -> uint8 [out_h, out_w, C] (torch uint8 antialias bilinear, bit-exact)."},
     {"vision_target_size", (PyCFunction)(void (*)(void))py_target_size, METH_VARARGS | METH_KEYWORDS,
      "vision_target_size(height, width, max_num_patches, patch_size=16, merge_size=2) -> (H, W)."},
     {"preprocess", (PyCFunction)(void (*)(void))py_preprocess, METH_VARARGS | METH_KEYWORDS,
