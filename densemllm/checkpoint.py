@@ -208,6 +208,10 @@ def check_weights(ckpt, config, where=""):
     return resolved
 
 
+# The spellings of the two compute dtypes that torch / transformers users type.
+DTYPE_ALIASES = {"bfloat16": "bf16", "float32": "f32"}
+
+
 def _resolve_dtype(ckpt, dtype):
     """Convert `ckpt` in place as `dtype` asks and return the model dtype name."""
     floats = {ckpt.info(n)[0] for n in ckpt.names()} & set(FLOAT_DTYPES)
@@ -246,10 +250,14 @@ def load(path, dtype="auto", threads=None, backend=None):
     from . import _core
     from .config import ModelConfig
     from .model import Model
-    from .tokenizer import Tokenizer
+    from .tokenizer import Tokenizer, resolve_token_ids
 
+    dtype = DTYPE_ALIASES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if dtype in ("f16", "float16", "half"):
+        raise ValueError(f"dtype={dtype!r}: float16 is not a compute dtype here; f16 weights run as bf16 "
+                         "(dtype='auto' or 'bf16') or as f32 (dtype='f32')")
     if dtype not in ("auto", "bf16", "f32"):
-        raise ValueError(f"dtype must be 'auto', 'bf16' or 'f32', got {dtype!r}")
+        raise ValueError(f"dtype must be 'auto', 'bf16' ('bfloat16') or 'f32' ('float32'), got {dtype!r}")
     if backend is None:
         backend = os.environ.get("DENSEMLLM_BACKEND") or "onednn"
     if backend not in ("onednn", "openblas"):
@@ -264,6 +272,10 @@ def load(path, dtype="auto", threads=None, backend=None):
         raise FileNotFoundError(f"checkpoint directory {what}: {path}")
     config = ModelConfig.from_file(path / "config.json")
     tokenizer = Tokenizer.from_dir(path, config)
+    config = resolve_token_ids(config, tokenizer)  # ids config.json omits, from the tokenizer
+    if config.image_token_id is None:
+        raise CheckpointError(f"{path}: neither config.json (image_token_id) nor tokenizer.json "
+                              "(<|image_pad|>) defines the image token")
     pad = tokenizer.token_to_id("<|image_pad|>")
     if pad is not None and pad != config.image_token_id:
         raise CheckpointError(f"{path}: config.json image_token_id {config.image_token_id} but tokenizer.json "

@@ -22,7 +22,9 @@ def _common(p, image=True):
     if image:
         p.add_argument("image", metavar="IMAGE", help="input image file (any format Pillow reads)")
     p.add_argument("--out", metavar="PREFIX", default=None,
-                   help="output path prefix (default: IMAGE's name without extension + '.<task>')")
+                   help="output path prefix (default: IMAGE's name without extension + '.<task>'); "
+                        "a directory (an existing one, or a path ending in '/') puts the default names "
+                        "inside it. chat writes the answer to PREFIX.txt when given")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="threads for all heavy work "
                    "(default: all cores)")
     p.add_argument("--backend", choices=("onednn", "openblas"), default=None,
@@ -111,20 +113,29 @@ def _load(args):
 
 
 def _prefix(args, task):
+    name = Path(Path(args.image).stem + "." + task)
     if args.out:
-        return Path(args.out)
-    return Path(Path(args.image).stem + "." + task)
+        out = Path(args.out)
+        if args.out.endswith(("/", "\\")) or out.is_dir():
+            return out / name
+        return out
+    return name
 
 
 def _gen(args):
     return {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
 
 
+def _write_text(prefix, text):
+    # surrounding blank lines of the answer (a random model writes many) are not kept
+    Path(f"{prefix}.txt").write_text(text.strip() + "\n", encoding="utf-8")
+
+
 def _write(prefix, array, picture, text):
     prefix.parent.mkdir(parents=True, exist_ok=True)
     np.save(f"{prefix}.npy", array)
     picture.save(f"{prefix}.png")
-    Path(f"{prefix}.txt").write_text(text + "\n", encoding="utf-8")
+    _write_text(prefix, text)
     print(f"wrote {prefix}.npy, {prefix}.png, {prefix}.txt")
 
 
@@ -188,7 +199,12 @@ def _main(args):
                r.text + "\n" + r.detect_text)
     elif args.command == "chat":
         rgb = to_rgb(args.image)
-        print(model.chat(rgb, args.text, **_gen(args)))
+        answer = model.chat(rgb, args.text, **_gen(args))
+        print(answer)
+        if args.out:
+            prefix.parent.mkdir(parents=True, exist_ok=True)
+            _write_text(prefix, answer)
+            print(f"wrote {prefix}.txt")
     return 0
 
 

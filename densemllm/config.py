@@ -22,13 +22,8 @@ from ._core import CheckpointError
 
 __all__ = ["TextConfig", "VisionConfig", "ModelConfig", "CheckpointError"]
 
-# Special token ids of Youtu-VL (notes section 1) used when config.json omits them.
-IMAGE_TOKEN_ID = 128264
-VIDEO_TOKEN_ID = 128265
-VISION_START_TOKEN_ID = 128262
-VISION_END_TOKEN_ID = 128263
-BOS_TOKEN_ID = 128000
-EOS_TOKEN_ID = 128001
+# Special token ids config.json omits stay None here; the loader takes them from the
+# checkpoint's tokenizer (tokenizer.resolve_token_ids): no built-in ids.
 
 
 def _err(where, msg):
@@ -253,12 +248,12 @@ def _token_id(d, key, default, where):
 class ModelConfig:
     text: TextConfig
     vision: VisionConfig
-    image_token_id: int = IMAGE_TOKEN_ID
-    video_token_id: int = VIDEO_TOKEN_ID
-    vision_start_token_id: int = VISION_START_TOKEN_ID
-    vision_end_token_id: int = VISION_END_TOKEN_ID
-    bos_token_id: int | None = BOS_TOKEN_ID
-    eos_token_id: tuple = (EOS_TOKEN_ID,)
+    image_token_id: int | None = None
+    video_token_id: int | None = None
+    vision_start_token_id: int | None = None
+    vision_end_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: tuple = ()
     pad_token_id: int | None = None
     raw: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -276,7 +271,7 @@ class ModelConfig:
         if vision.out_hidden_size != text.hidden_size:
             raise _err(where, f"vision_config.out_hidden_size ({vision.out_hidden_size}) != hidden_size "
                               f"({text.hidden_size}): the merger output must match the LLM width")
-        eos = d.get("eos_token_id", td.get("eos_token_id", EOS_TOKEN_ID))
+        eos = d.get("eos_token_id", td.get("eos_token_id"))
         eos = [eos] if isinstance(eos, int) and not isinstance(eos, bool) else eos
         if eos is None:
             eos = []
@@ -286,11 +281,11 @@ class ModelConfig:
         cfg = cls(
             text=text,
             vision=vision,
-            image_token_id=_token_id(d, "image_token_id", IMAGE_TOKEN_ID, where),
-            video_token_id=_token_id(d, "video_token_id", VIDEO_TOKEN_ID, where),
-            vision_start_token_id=_token_id(d, "vision_start_token_id", VISION_START_TOKEN_ID, where),
-            vision_end_token_id=_token_id(d, "vision_end_token_id", VISION_END_TOKEN_ID, where),
-            bos_token_id=_token_id(d, "bos_token_id", td.get("bos_token_id", BOS_TOKEN_ID), where),
+            image_token_id=_token_id(d, "image_token_id", None, where),
+            video_token_id=_token_id(d, "video_token_id", None, where),
+            vision_start_token_id=_token_id(d, "vision_start_token_id", None, where),
+            vision_end_token_id=_token_id(d, "vision_end_token_id", None, where),
+            bos_token_id=_token_id(d, "bos_token_id", td.get("bos_token_id"), where),
             eos_token_id=tuple(eos),
             pad_token_id=_token_id(d, "pad_token_id", td.get("pad_token_id"), where),
             raw=d,

@@ -20,6 +20,19 @@ DEFAULT_TOP_P = 0.001
 DEFAULT_REPETITION_PENALTY = 1.05
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
+# The generation keywords chat() and the dense tasks pass on (Session.generate_ids' and
+# Session.generate's options).
+GEN_KEYWORDS = frozenset(("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
+                          "do_sample", "seed", "eos_token_id", "stop", "stream"))
+
+
+def check_gen_keywords(public_name, kw, allowed=GEN_KEYWORDS):
+    """TypeError naming the public function for a keyword it does not take."""
+    bad = sorted(set(kw) - set(allowed))
+    if bad:
+        raise TypeError(f"{public_name}() got an unexpected keyword argument {bad[0]!r} "
+                        f"(generation options: {', '.join(sorted(allowed))})")
+
 
 def lm_config_dict(config):
     """The flat dict `_core.LanguageModel` takes, from a :class:`densemllm.config.ModelConfig`."""
@@ -160,7 +173,7 @@ class Session:
     @property
     def text(self):
         """Decoded text generated so far (after the prompt)."""
-        return self.model.tokenizer.decode(self.ids[self.prompt_len:], skip_special_tokens=True)
+        return self.model.tokenizer.decode_answer(self.ids[self.prompt_len:])
 
     def extend(self, ids):
         """Append ids (already chosen) and return the logits of the last one."""
@@ -210,7 +223,7 @@ class Session:
         new_ids, emitted = [], 0
         for t in self.generate_ids(max_new_tokens, **kw):
             new_ids.append(t)
-            text = tok.decode(new_ids, skip_special_tokens=True)
+            text = tok.decode_answer(new_ids)
             cut = _find_stop(text, stops)
             if cut is not None:
                 if cut > emitted:
@@ -222,7 +235,7 @@ class Session:
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
-        text = tok.decode(new_ids, skip_special_tokens=True)
+        text = tok.decode_answer(new_ids)
         if len(text) > emitted:
             yield text[emitted:]
 
@@ -300,6 +313,11 @@ def chat(model, image, text, system=DEFAULT_SYSTEM, *, image_embeds=None, **gen)
     image and text), expands the image pads, generates, returns the text."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
+    check_gen_keywords("chat", gen)
+    if isinstance(image, (list, tuple)):
+        raise TypeError("chat(): one image per turn, got a list; call chat() once per image")
+    model.tokenizer.check_user_text(text, "text")
+    model.tokenizer.check_user_text(system, "system")
     _check_gen(gen.get("max_new_tokens", 256), gen.get("temperature", DEFAULT_TEMPERATURE), gen.get("top_k"),
                gen.get("top_p", DEFAULT_TOP_P), gen.get("repetition_penalty", DEFAULT_REPETITION_PENALTY))
     emb, grid = _vision(model, image, image_embeds)

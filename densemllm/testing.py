@@ -4,7 +4,11 @@
 weights under the released names (``siglip2.vision_model.``, ``merger.``,
 ``model.``), optionally sharded with ``model.safetensors.index.json``, a byte-level
 BPE ``tokenizer.json`` holding every special token of the notes,
-``tokenizer_config.json`` with a chat template, and ``generation_config.json``.
+``tokenizer_config.json`` with a chat template (the Youtu-VL format by default;
+``chat_template="chatml"`` writes ChatML, ``None`` none so the loader's fallback
+applies), and ``generation_config.json``. ``grammar_special=True`` registers the
+output-grammar tokens (``<ref>``, ``<box>``, ``<x_N>``, ``<custom_N>``...) as *special*
+tokens, as some real tokenizers do (the tasks must give the same results).
 The weights are random (N(0, 0.02), norm weights near 1): outputs are meaningless.
 """
 from __future__ import annotations
@@ -19,7 +23,27 @@ from .checkpoint import expected_weights
 from .config import ModelConfig
 from .tokenizer import FALLBACK_CHAT_TEMPLATE
 
-__all__ = ["make_checkpoint", "TEXT_DEFAULTS", "VISION_DEFAULTS", "special_token_list"]
+# ChatML (Qwen style), the format of hand-made checkpoints: tests of the template lookup
+# use it as a template that differs from the Youtu fallback.
+CHATML_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+CHAT_TEMPLATES = {"youtu": FALLBACK_CHAT_TEMPLATE, "chatml": CHATML_CHAT_TEMPLATE}
+
+__all__ = ["make_checkpoint", "TEXT_DEFAULTS", "VISION_DEFAULTS", "special_token_list", "CHATML_CHAT_TEMPLATE"]
 
 TEXT_DEFAULTS = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -59,8 +83,8 @@ def special_token_list():
     return special, task
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer_json():
+@functools.lru_cache(maxsize=2)
+def _tokenizer_json(grammar_special=False):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -72,9 +96,9 @@ def _tokenizer_json():
     special, task = special_token_list()
     # Structural tokens are "special" (dropped by skip_special_tokens); the task
     # tokens the model writes in its answers (<ref>, <x_N>, <custom_N>, ...) are
-    # plain added tokens so decoding keeps them.
+    # plain added tokens, or special ones with grammar_special (same ids either way).
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in task])
+    tok.add_tokens([AddedToken(t, special=grammar_special, normalized=False) for t in task])
     return tok.to_str()
 
 
@@ -120,14 +144,19 @@ def _tensor(rng, name, shape, dtype):
     return a.astype(np.float32, copy=False)
 
 
-def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_overrides):
+def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, chat_template="youtu",
+                    grammar_special=False, **text_overrides):
     """Write a tiny random checkpoint into `dir` (created) and return its Path.
 
     ``vision``: dict of vision_config overrides. Other keyword arguments override
     top-level (text) config fields, e.g. ``q_lora_rank=None``,
     ``tie_word_embeddings=False``, ``rope_parameters={...}`` (replaces
     rope_theta/rope_scaling: the newer schema). ``dtype``: "bf16", "f16" or "f32".
+    ``chat_template``: "youtu" (default), "chatml" or None (no template written).
+    ``grammar_special``: register the output-grammar tokens as special tokens.
     """
+    if chat_template is not None and chat_template not in CHAT_TEMPLATES:
+        raise ValueError(f"chat_template must be 'youtu', 'chatml' or None, got {chat_template!r}")
     if dtype not in ("bf16", "f16", "f32"):
         raise ValueError(f"dtype must be 'bf16', 'f16' or 'f32', got {dtype!r}")
     shards = int(shards)
@@ -136,7 +165,7 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok_json = _tokenizer_json()
+    tok_json = _tokenizer_json(bool(grammar_special))
     vocab = json.loads(tok_json)
     ids = {t["content"]: t["id"] for t in vocab["added_tokens"]}
     n_vocab = len(vocab["model"]["vocab"]) + len(vocab["added_tokens"])
@@ -152,12 +181,14 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_
     vcfg = dict(VISION_DEFAULTS)
     vcfg["out_hidden_size"] = cfg["hidden_size"]
     vcfg.update(vision or {})
+    # Youtu-VL ends a turn with <|end_of_text|>; ChatML with <|im_end|>
+    eos_ids = [ids[EOS], ids[IM_END]] if chat_template == "chatml" else [ids[EOS]]
     cfg.update(
         architectures=["YoutuVLForConditionalGeneration"], model_type="youtu_vl",
         vision_config=vcfg, torch_dtype={"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[dtype],
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[IM_END]], pad_token_id=ids[EOS],
+        bos_token_id=ids[BOS], eos_token_id=eos_ids, pad_token_id=ids[EOS],
     )
     config = ModelConfig.from_dict(cfg)
 
@@ -191,13 +222,14 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_
 
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "tokenizer.json").write_text(tok_json)
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": IM_END,
-        "pad_token": EOS, "model_max_length": cfg["max_position_embeddings"],
-        "chat_template": FALLBACK_CHAT_TEMPLATE,
-    }, indent=2))
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS,
+               "eos_token": IM_END if chat_template == "chatml" else EOS,
+               "pad_token": EOS, "model_max_length": cfg["max_position_embeddings"]}
+    if chat_template is not None:
+        tok_cfg["chat_template"] = CHAT_TEMPLATES[chat_template]
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
     (out / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": ids[BOS], "eos_token_id": [ids[EOS], ids[IM_END]], "pad_token_id": ids[EOS],
+        "bos_token_id": ids[BOS], "eos_token_id": eos_ids, "pad_token_id": ids[EOS],
         "do_sample": True, "temperature": 0.1, "top_p": 0.001, "repetition_penalty": 1.05,
     }, indent=2))
     return out

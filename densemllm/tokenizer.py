@@ -1,24 +1,39 @@
 """Tokenizer and chat prompts of a checkpoint.
 
 ``tokenizer.json`` is read with the ``tokenizers`` library. Chat prompts are
-rendered from the checkpoint's own Jinja template, looked up in this order:
-``tokenizer_config.json`` ``chat_template`` (a string, or a list of named templates
-of which "default" is used), ``chat_template.json`` (``{"chat_template": ...}``),
-``chat_template.jinja``. The template runs in jinja2's immutable sandbox with the
+rendered from the checkpoint's own Jinja template, looked up in the order the
+official processor (transformers' ``ProcessorMixin``, 5.x) resolves it:
+``processor_config.json`` ``chat_template``, ``chat_template.json``
+(``{"chat_template": ...}``), ``chat_template.jinja``, then the tokenizer's own
+``tokenizer_config.json`` ``chat_template`` (a string, or a list of named templates of
+which "default" is used). The template runs in jinja2's immutable sandbox with the
 variables Hugging Face passes (``messages``, ``add_generation_prompt``,
 ``bos_token``, ``eos_token``, ``tools``, ``raise_exception``, ``strftime_now``).
 
-Fallback when the checkpoint has no template (:data:`FALLBACK_CHAT_TEMPLATE`):
-ChatML, i.e. for every message ``<|im_start|>{role}\\n{content}<|im_end|>\\n``, an
-image item rendered as ``<|vision_start|><|image_pad|><|vision_end|>``, text items
-verbatim, a default system message "You are a helpful assistant." when the first
-message is not a system message, and ``<|im_start|>assistant\\n`` at the end when
-``add_generation_prompt``. Youtu-VL checkpoints carry their own template, so the
-fallback only matters for hand-made checkpoints.
+Fallback when the checkpoint has no template (:data:`FALLBACK_CHAT_TEMPLATE`): the
+Youtu-VL rendering (notes section 5), i.e. for every message
+``<|begin_of_text|>{role}\\n{content}<|end_of_text|>\\n``, an image item rendered as
+``<|vision_start|><|image_pad|><|vision_end|>``, text items verbatim, and
+``<|begin_of_text|>assistant\\n`` at the end when ``add_generation_prompt``. No system
+message is added (the tasks and ``chat`` pass "You are a helpful assistant.", as the
+official demo does).
+
+Answers are decoded with :meth:`Tokenizer.decode_answer`: the output-grammar tokens
+(``<ref>``, ``</ref>``, ``<mask>``, ``<box>``, ``<x_N>``, ``<y_N>``, ``<FG>``, ``<BG>``,
+``<OTHERS>``, ``<depth>``, ``<custom_N>``, ``<ins>``, ``<poly>``...) are recognised by
+their ids in this tokenizer's vocabulary and always kept, whether or not the tokenizer
+marks them special; other special tokens are dropped. User text (class names,
+expressions, task prompts, chat text) must not contain the text of a control token
+(``<|image_pad|>``, ``<|vision_start|>``, ``<|end_of_text|>``... every special token that
+is not an output-grammar token): :meth:`Tokenizer.check_user_text` rejects it with a
+ValueError naming the argument, because the tokenizer would read it as the control
+token and silently change the prompt's structure.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +41,7 @@ import tokenizers
 
 from ._core import CheckpointError
 
-__all__ = ["Tokenizer", "FALLBACK_CHAT_TEMPLATE", "SPECIAL_TOKENS"]
+__all__ = ["Tokenizer", "FALLBACK_CHAT_TEMPLATE", "SPECIAL_TOKENS", "GRAMMAR_TOKEN", "resolve_token_ids"]
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -40,21 +55,21 @@ SPECIAL_TOKENS = (
     "<OTHERS>", "<BG>", "<FG>", "<depth>",
 )
 
+# The tokens of the model's output grammar (notes section 6), by their text.
+GRAMMAR_TOKEN = re.compile(r"</?(?:ref|mask|box|ins|poly)>|<(?:x|y|custom)_\d+>|<(?:OTHERS|BG|FG|depth)>")
+
 FALLBACK_CHAT_TEMPLATE = (
-    "{%- if messages and messages[0]['role'] != 'system' -%}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
-    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{{- '<|begin_of_text|>' + message['role'] + '\\n' -}}"
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}{%- for item in message['content'] -%}"
     "{%- if item['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
     "{%- elif item['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
     "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
+    "{{- '<|end_of_text|>\\n' -}}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|begin_of_text|>assistant\\n' -}}{%- endif -%}"
 )
 
 
@@ -65,24 +80,49 @@ def _token_str(v):
     return v if isinstance(v, str) else None
 
 
+def _read_text(f):
+    try:
+        return f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{f}: not valid UTF-8 text ({e})") from None
+
+
+def _json_template(f):
+    try:
+        d = json.loads(_read_text(f))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    t = d.get("chat_template") if isinstance(d, dict) else None
+    if isinstance(t, list):  # [{"name": ..., "template": ...}, ...]: the "default" one
+        named = {e.get("name"): e.get("template") for e in t if isinstance(e, dict)}
+        t = named.get("default") or next(iter(named.values()), None)
+    if t is not None and not isinstance(t, str):
+        raise CheckpointError(f"{f}: 'chat_template' must be a string, got {type(t).__name__}")
+    return t or None
+
+
 def _find_template(path, tok_cfg):
+    """(template, source file name) in the official processor's order, or (None, None)."""
+    f = path / "processor_config.json"
+    if f.is_file():
+        t = _json_template(f)
+        if t:
+            return t, f.name
+    f = path / "chat_template.json"
+    if f.is_file():
+        t = _json_template(f)
+        if t is None:
+            raise CheckpointError(f"{f}: expected a JSON object with a 'chat_template' string")
+        return t, f.name
+    f = path / "chat_template.jinja"
+    if f.is_file():
+        return _read_text(f), f.name
     t = tok_cfg.get("chat_template")
     if isinstance(t, list):
         named = {e.get("name"): e.get("template") for e in t if isinstance(e, dict)}
         t = named.get("default") or next(iter(named.values()), None)
     if isinstance(t, str) and t:
         return t, "tokenizer_config.json"
-    f = path / "chat_template.json"
-    if f.is_file():
-        try:
-            t = json.loads(f.read_text(encoding="utf-8")).get("chat_template")
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise CheckpointError(f"{f}: not a JSON object with 'chat_template' ({e})") from None
-        if isinstance(t, str) and t:
-            return t, "chat_template.json"
-    f = path / "chat_template.jinja"
-    if f.is_file():
-        return f.read_text(encoding="utf-8"), "chat_template.jinja"
     return None, None
 
 
@@ -106,6 +146,7 @@ class Tokenizer:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._template = None
+        self._grammar = None
 
     @classmethod
     def from_dir(cls, path, config=None):
@@ -121,7 +162,7 @@ class Tokenizer:
         tc = path / "tokenizer_config.json"
         if tc.is_file():
             try:
-                tok_cfg = json.loads(tc.read_text(encoding="utf-8"))
+                tok_cfg = json.loads(_read_text(tc))
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{tc}: not valid JSON ({e})") from None
             if not isinstance(tok_cfg, dict):
@@ -169,6 +210,56 @@ class Tokenizer:
         if i is None:
             raise KeyError(f"special token {token!r} is not in this tokenizer's vocabulary")
         return i
+
+    # -- output grammar and user text ----------------------------------------
+    def _grammar_tables(self):
+        if self._grammar is None:
+            grammar, control = {}, []
+            for i, t in self._tok.get_added_tokens_decoder().items():
+                if GRAMMAR_TOKEN.fullmatch(t.content):
+                    grammar[int(i)] = t.content
+                elif t.special:
+                    control.append(t.content)
+            self._grammar = (grammar, tuple(sorted(control, key=len, reverse=True)))
+        return self._grammar
+
+    @property
+    def grammar_ids(self):
+        """{id: text} of the output-grammar tokens in this vocabulary (added tokens)."""
+        return dict(self._grammar_tables()[0])
+
+    @property
+    def control_tokens(self):
+        """Texts of the special tokens that are not output grammar (<|image_pad|>, ...)."""
+        return self._grammar_tables()[1]
+
+    def decode_answer(self, ids):
+        """The text of generated ids: special tokens dropped except the output-grammar
+        tokens, which are found by id and kept verbatim (so a tokenizer that marks
+        <ref>, <box>, <x_N> ... special parses the same as one that does not)."""
+        grammar = self._grammar_tables()[0]
+        out, run = [], []
+        for i in (int(i) for i in ids):
+            if i in grammar:
+                if run:
+                    out.append(self.decode(run, skip_special_tokens=True))
+                    run = []
+                out.append(grammar[i])
+            else:
+                run.append(i)
+        if run:
+            out.append(self.decode(run, skip_special_tokens=True))
+        return "".join(out)
+
+    def check_user_text(self, text, what):
+        """ValueError naming `what` when `text` holds a control token's text (it would be
+        read as that token, not as text); returns `text`."""
+        if isinstance(text, str):
+            for t in self.control_tokens:
+                if t in text:
+                    raise ValueError(f"{what} {text[:80]!r} contains the special token {t!r}, which the tokenizer "
+                                     "would read as a control token of the prompt, not as text; remove it")
+        return text
 
     @property
     def image_pad_id(self):
@@ -238,3 +329,20 @@ class Tokenizer:
 
     def __repr__(self):
         return f"Tokenizer(vocab_size={self.vocab_size}, chat_template={self.chat_template_source!r})"
+
+
+def resolve_token_ids(config, tokenizer):
+    """`config` with the special-token ids config.json leaves out taken from the
+    tokenizer (one source of truth: no built-in ids). Ids config.json gives are kept
+    (the loader checks they agree with the tokenizer)."""
+    by_token = {"image_token_id": IMAGE_PAD, "video_token_id": VIDEO_PAD,
+                "vision_start_token_id": VISION_START, "vision_end_token_id": VISION_END}
+    changes = {}
+    for field, token in by_token.items():
+        if getattr(config, field) is None:
+            changes[field] = tokenizer.token_to_id(token)
+    if config.bos_token_id is None and tokenizer.bos_token:
+        changes["bos_token_id"] = tokenizer.token_to_id(tokenizer.bos_token)
+    if not config.eos_token_id and tokenizer.eos_token and tokenizer.token_to_id(tokenizer.eos_token) is not None:
+        changes["eos_token_id"] = (tokenizer.token_to_id(tokenizer.eos_token),)
+    return dataclasses.replace(config, **changes) if changes else config

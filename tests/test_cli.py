@@ -63,6 +63,17 @@ def test_other_commands_on_a_random_checkpoint(tmp_path):
     assert np.load(tmp_path / "x.segment-open.npy").shape == (64, 96)
     r = cli("chat", "--model", ck, "x.png", "--text", "What is it?", "--max-new-tokens", "4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    # chat --out writes the answer; --out DIR/ puts the default names inside DIR
+    r = cli("chat", "--model", ck, "x.png", "--text", "What is it?", "--max-new-tokens", "4", "--out", "c",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "c.txt").read_text().strip() == r.stdout.splitlines()[0].strip()
+    r = cli("depth", "--model", ck, "x.png", "--max-new-tokens", "2", "--out", "outdir/", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "outdir" / "x.depth.npy").exists() and not (tmp_path / "outdir.npy").exists()
+    r = cli("depth", "--model", ck, "x.png", "--max-new-tokens", "2", "--out", "outdir", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # an existing directory, no slash
+    assert not (tmp_path / "outdir.npy").exists()
 
 
 def test_errors_exit_2_with_a_message(tmp_path):
@@ -72,6 +83,9 @@ def test_errors_exit_2_with_a_message(tmp_path):
     assert r.returncode == 2 and "smaller than one merged" in r.stderr
     r = cli("segment", "--model", ck, "missing.png", "--classes", "a", cwd=tmp_path)
     assert r.returncode == 2 and "missing.png" in r.stderr
+    (tmp_path / "adir").mkdir()
+    r = cli("segment", "--model", ck, "adir", "--classes", "a", cwd=tmp_path)
+    assert r.returncode == 2 and "is a directory" in r.stderr
     r = cli("depth", "--model", ck, "tiny.png", "--dataset", "KITTI", cwd=tmp_path)
     assert r.returncode == 2  # argparse rejects the choice
 
@@ -82,6 +96,8 @@ def test_demo_says_weights_are_random(tmp_path):
     assert "RANDOM weights" in r.stdout
     labels = np.load(tmp_path / "demo" / "demo.segment.npy")
     assert labels.shape == (96, 128) and set(np.unique(labels)) <= {0, 1}
+    text = (tmp_path / "demo" / "demo.segment.txt").read_text()
+    assert text.strip() and not text.startswith(("\n", " ")), text[:40]
 
 
 def test_viz_pictures():

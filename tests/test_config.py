@@ -30,8 +30,9 @@ def test_released_config_and_defaults():
     assert c.text.hidden_size == 2560 and c.text.q_lora_rank == 1536 and c.text.qk_head_dim == 192
     assert c.text.rope_theta == 500000.0 and c.text.rope_scaling is None
     assert c.vision.head_dim == 72 and c.vision.fullatt_block_indexes == (7, 15, 23, 26)
-    # image_token_id is absent above: the notes' default applies.
-    assert c.image_token_id == 128264 and c.video_token_id == 128265
+    # image_token_id is absent above: no built-in id, the loader takes it from the tokenizer
+    # (tests/test_fidelity.py::test_token_ids_come_from_the_tokenizer).
+    assert c.image_token_id is None and c.video_token_id is None
     assert c.vision_start_token_id == 128262 and c.eos_token_id == (128001,)
     assert c.raw is YOUTU_VL_4B
     # A bare config takes every value from the notes; fullatt from "every 8th and the last".

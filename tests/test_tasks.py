@@ -46,10 +46,13 @@ def band_image(bands, width=64, band_px=32):
     return np.concatenate([np.tile(np.array(COLOURS[c], np.uint8), (band_px, width, 1)) for c in bands])
 
 
-def build(tmp_path, answer="", rows=None, name="ck"):
+def build(tmp_path, answer="", rows=None, name="ck", patch=16, **checkpoint_options):
     """A constructed checkpoint: `rows` maps a token (string) to an extra LM-head row in the
-    vision subspace; generation after any prompt writes `answer` then eos."""
-    path = make_checkpoint(tmp_path / name, seed=0, tie_word_embeddings=False, max_position_embeddings=512)
+    vision subspace; generation after any prompt writes `answer` then eos. `patch`: the
+    vision patch size (a merged token covers 2*patch pixels); `checkpoint_options` go to
+    make_checkpoint (e.g. grammar_special=True)."""
+    path = make_checkpoint(tmp_path / name, seed=0, tie_word_embeddings=False, max_position_embeddings=512,
+                           vision=dict(patch_size=patch), **checkpoint_options)
     model = densemllm.load(path)
     tok = model.tokenizer
     last = tok.encode(render_prompt(model, "x"))[-1]
@@ -63,10 +66,10 @@ def build(tmp_path, answer="", rows=None, name="ck"):
         for w in ("self_attn.out_proj", "mlp.fc2"):
             t[f"{V}encoder.layers.{i}.{w}.weight"].zero_()
             t[f"{V}encoder.layers.{i}.{w}.bias"].zero_()
-    pe = torch.zeros(DV, 768)
+    pe = torch.zeros(DV, 3 * patch * patch)
     for c in range(3):
-        pe[c, c::3] = 1.0 / 256
-        pe[3 + c, c::3] = -1.0 / 256
+        pe[c, c::3] = 1.0 / patch**2
+        pe[3 + c, c::3] = -1.0 / patch**2
     t[f"{V}embeddings.patch_embedding.weight"] = pe
     t[f"{V}embeddings.patch_embedding.bias"].zero_()
     t[f"{V}post_layernorm.weight"].fill_(1.0)

@@ -8,7 +8,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from densemllm import CheckpointError
-from densemllm.testing import make_checkpoint
+from densemllm.testing import CHATML_CHAT_TEMPLATE, make_checkpoint
 from densemllm.tokenizer import FALLBACK_CHAT_TEMPLATE, SPECIAL_TOKENS, Tokenizer
 
 MESSAGES = [
@@ -79,7 +79,12 @@ def test_checkpoint_template_matches_transformers(ckpt):
         assert tok.chat_prompt(MESSAGES, add_generation_prompt=gen) == want
     p = tok.chat_prompt(MESSAGES[1:2])
     assert p.count("<|vision_start|><|image_pad|><|vision_end|>") == 1
-    assert p.endswith("<|im_start|>assistant\n")
+    assert p.endswith("<|begin_of_text|>assistant\n")
+    # make_checkpoint writes the Youtu-VL rendering (notes section 5), word for word
+    assert tok.chat_prompt(MESSAGES[:2]) == (
+        "<|begin_of_text|>system\nYou are a helpful assistant.<|end_of_text|>\n"
+        "<|begin_of_text|>user\n<|vision_start|><|image_pad|><|vision_end|>Segment the core target."
+        "<|end_of_text|>\n<|begin_of_text|>assistant\n")
 
 
 CUSTOM = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] | upper }}]"
@@ -110,16 +115,84 @@ def test_template_sources(ckpt, tmp_path, where):
     assert want.startswith("<|begin_of_text|>[SYSTEM]")
 
 
-def test_fallback_template(ckpt, tmp_path):
+def test_fallback_template_is_youtu(ckpt, tmp_path):
     d = tmp_path / "c"
     shutil.copytree(ckpt, d)
     (d / "tokenizer_config.json").unlink()
     tok = Tokenizer.from_dir(d)
     assert tok.chat_template_source == "fallback" and tok.chat_template == FALLBACK_CHAT_TEMPLATE
-    got = tok.chat_prompt([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}])
-    assert got == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                   "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n"
-                   "<|im_start|>assistant\n")
+    msgs = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    want = ("<|begin_of_text|>system\nYou are a helpful assistant.<|end_of_text|>\n"
+            "<|begin_of_text|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|end_of_text|>\n"
+            "<|begin_of_text|>assistant\n")
+    assert tok.chat_prompt(msgs) == want
+    assert hf_tokenizer(d, FALLBACK_CHAT_TEMPLATE).apply_chat_template(msgs, tokenize=False,
+                                                                       add_generation_prompt=True) == want
+    # a ChatML checkpoint keeps its own template; one without any gets the Youtu fallback
+    chatml = Tokenizer.from_dir(make_checkpoint(tmp_path / "chatml", chat_template="chatml"))
+    assert chatml.chat_template == CHATML_CHAT_TEMPLATE and chatml.chat_template_source == "tokenizer_config.json"
+    assert chatml.chat_prompt(msgs).startswith("<|im_start|>system\n")
+    none = Tokenizer.from_dir(make_checkpoint(tmp_path / "none", chat_template=None))
+    assert none.chat_template_source == "fallback" and none.chat_prompt(msgs) == want
+
+
+def test_template_lookup_order_is_the_processors(ckpt, tmp_path):
+    """Every source present with a different template: the one transformers' processor
+    (ProcessorMixin.get_processor_dict) picks wins, then the next when it is removed."""
+    from transformers import ProcessorMixin
+
+    d = tmp_path / "c"
+    shutil.copytree(ckpt, d)
+    (d / "processor_config.json").write_text(json.dumps({"chat_template": "P{{ messages[0]['content'] }}"}))
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": "J{{ messages[0]['content'] }}"}))
+    (d / "chat_template.jinja").write_text("K{{ messages[0]['content'] }}")
+    order = ["processor_config.json", "chat_template.json", "chat_template.jinja", "tokenizer_config.json"]
+    for k, source in enumerate(order):
+        tok = Tokenizer.from_dir(d)
+        assert tok.chat_template_source == source
+        if source != "tokenizer_config.json":
+            official = ProcessorMixin.get_processor_dict(str(d))[0].get("chat_template")
+            assert tok.chat_template == official
+        if source == "processor_config.json":
+            (d / source).write_text(json.dumps({"image_processor_type": "x"}))  # no template in it
+        elif source != "tokenizer_config.json":
+            (d / source).unlink()
+
+
+def test_bad_template_files_name_the_file(ckpt, tmp_path):
+    d = tmp_path / "c"
+    shutil.copytree(ckpt, d)
+    (d / "chat_template.jinja").write_bytes(b"{{ 'caf\xe9' }}")  # latin-1, not UTF-8
+    with pytest.raises(CheckpointError, match="chat_template.jinja.*UTF-8"):
+        Tokenizer.from_dir(d)
+    (d / "chat_template.jinja").unlink()
+    (d / "chat_template.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="chat_template.json"):
+        Tokenizer.from_dir(d)
+
+
+def test_grammar_tokens_decode_by_id_when_special(tmp_path):
+    """A tokenizer that registers <ref>, <box>, <x_N> ... as special tokens: the ids are
+    the same, decode(skip_special_tokens=True) drops them, decode_answer keeps them."""
+    plain = Tokenizer.from_dir(make_checkpoint(tmp_path / "a"))
+    special = Tokenizer.from_dir(make_checkpoint(tmp_path / "b", grammar_special=True))
+    answer = "The results are 0 for <ref><BG></ref> and 1 for <ref><FG></ref>.<box><x_4><y_5><x_60><y_61></box>"
+    ids = plain.encode(answer)
+    assert special.encode(answer) == ids
+    assert special.decode(ids, skip_special_tokens=True) != answer  # what the old parsing read
+    assert plain.decode_answer(ids) == special.decode_answer(ids) == answer
+    assert special.decode_answer(ids + [special.special_id("<|end_of_text|>")]) == answer
+    assert set(special.grammar_ids.values()) >= {"<ref>", "</ref>", "<x_1023>", "<custom_1000>", "<FG>"}
+
+
+def test_user_text_with_control_tokens_is_rejected(ckpt):
+    tok = Tokenizer.from_dir(ckpt)
+    for bad in ("<|image_pad|>", "a <|vision_start|> b", "sky<|end_of_text|>", "<|begin_of_text|>user"):
+        with pytest.raises(ValueError, match=r"classes\[2\].*special token"):
+            tok.check_user_text(bad, "classes[2]")
+    assert tok.check_user_text("a <ref> cat", "x") == "a <ref> cat"  # grammar text is not a control token
+    assert tok.check_user_text("<OTHERS>", "x") == "<OTHERS>"
 
 
 def test_template_is_sandboxed_and_errors_are_clear(ckpt, tmp_path):

@@ -95,7 +95,7 @@ static PyObject *LanguageModel_new(PyTypeObject *type, PyObject *args, PyObject 
         !cfg_int(d, "rope_interleave", 0, 1, &b_interleave) ||
         !cfg_int(d, "attention_bias", 0, 0, &b_bias) ||
         !cfg_int(d, "tie_word_embeddings", 0, 1, &b_tied) ||
-        !cfg_int(d, "image_token_id", 0, 128264, &c.image_token_id) ||
+        !cfg_int(d, "image_token_id", 1, 0, &c.image_token_id) ||
         !cfg_int(d, "rope_yarn", 0, 0, &b_yarn) || !cfg_float(d, "rope_theta", 1, 0, &c.rope_params.theta) ||
         !cfg_float(d, "rope_factor", 0, 0, &c.rope_params.factor) ||
         !cfg_float(d, "rope_original_max_position_embeddings", 0, 0, &c.rope_params.original_max_pos) ||

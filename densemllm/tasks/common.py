@@ -2,48 +2,47 @@
 class token ids, and the selected-row logits of the session's vision tokens."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import _core
+from ..image import is_image_list, to_rgb_array
 from ..parse import parse_refs
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
-MERGED_PX = 32  # one merged vision token covers 2x2 patches of 16 px
 
 
-def to_rgb(image) -> np.ndarray:
-    """uint8 [H, W, 3] from a path, a PIL image, or an array ([H, W] gray, [H, W, 3|4]
-    uint8, or float in [0, 1])."""
-    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        from PIL import Image
-
-        with Image.open(image) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"image must be [H, W], [H, W, 3] or [H, W, 4], got shape {a.shape}")
-    a = a[..., :3]
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise ValueError("float images must hold finite values in [0, 1]")
-        return np.ascontiguousarray(np.round(a * 255.0).astype(np.uint8))
-    raise TypeError(f"image dtype must be uint8 or float, got {a.dtype}")
+def merged_px(model) -> int:
+    """Side in pixels of one merged vision token: patch_size * spatial_merge_size."""
+    v = model.config.vision
+    return int(v.patch_size) * int(v.spatial_merge_size)
 
 
-def check_image(rgb: np.ndarray, what="image"):
+def to_rgb(image, what="image") -> np.ndarray:
+    """A writable, contiguous uint8 [H, W, 3] copy of `image` through the one input
+    function (densemllm.image.to_rgb_array: same accepted inputs and errors everywhere)."""
+    return np.ascontiguousarray(to_rgb_array(image, what))
+
+
+def over_images(task):
+    """Let a task take a list (or tuple) of images: it returns the list of results."""
+    @functools.wraps(task)
+    def run(model, image, *args, **kw):
+        if is_image_list(image):
+            return [task(model, im, *args, **kw) for im in image]
+        return task(model, image, *args, **kw)
+    return run
+
+
+def check_image(model, rgb: np.ndarray, what="image"):
     h, w = rgb.shape[:2]
-    if h < MERGED_PX or w < MERGED_PX:
+    px = merged_px(model)
+    if h < px or w < px:
         raise ValueError(f"{what} is {w}x{h} pixels, smaller than one merged vision token "
-                         f"({MERGED_PX}x{MERGED_PX}); enlarge it (e.g. scale=) first")
+                         f"({px}x{px}); enlarge it (e.g. scale=) first")
 
 
 def resize_rgb(rgb: np.ndarray, size_hw, resample="bilinear") -> np.ndarray:
@@ -66,10 +65,11 @@ def scaled(rgb: np.ndarray, scale: float) -> np.ndarray:
     return resize_rgb(rgb, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
-def render_prompt(model, text: str, *, image_first=True, system=DEFAULT_SYSTEM) -> str:
+def render_prompt(model, text: str, *, image_first=True, system=DEFAULT_SYSTEM, what="prompt") -> str:
     """The checkpoint's chat template over one user turn holding the image and text."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("the prompt must be a non-empty string")
+        raise ValueError(f"{what} must be a non-empty string, got {text!r}")
+    model.tokenizer.check_user_text(text, what)
     items = [{"type": "image"}, {"type": "text", "text": text}]
     if not image_first:
         items.reverse()
@@ -89,25 +89,26 @@ class Turn:
 
 
 def run_turn(model, rgb, text, *, image_first=True, stop_at_mask=True, max_new_tokens=1024,
-             system=DEFAULT_SYSTEM, **gen) -> Turn:
+             system=DEFAULT_SYSTEM, what="prompt", **gen) -> Turn:
     """Prefill the prompt with the image ONCE and generate the answer from that session.
 
     Generation stops at eos, and (stop_at_mask) at ``<mask>``: the RLE after it is
     what dense decoding computes from the same session, so generating it token by
     token would only repeat the work (the result's ``model_text()`` fills it in)."""
-    check_image(rgb)
-    prompt = render_prompt(model, text, image_first=image_first, system=system)
+    check_image(model, rgb)
+    prompt = render_prompt(model, text, image_first=image_first, system=system, what=what)
     t0 = time.perf_counter()
     sess = model.prefill(prompt, image=rgb)
     t1 = time.perf_counter()
     eos = set(int(e) for e in model.config.eos_token_id)
-    mask_id = model.tokenizer.token_to_id("<mask>")
+    mask_id = model.tokenizer.token_to_id("<mask>")  # an id of this vocabulary
     if stop_at_mask and mask_id is not None:
         eos.add(int(mask_id))
     gen.setdefault("seed", 0)
     new = list(sess.generate_ids(max_new_tokens, eos_token_id=sorted(eos), **gen))
     t2 = time.perf_counter()
-    out = model.tokenizer.decode(new, skip_special_tokens=True)
+    # grammar tokens are kept by id, also when the tokenizer marks them special
+    out = model.tokenizer.decode_answer(new)
     grid = session_grid(sess)
     return Turn(sess, out, new, grid, {"prefill": t1 - t0, "generate": t2 - t1})
 
@@ -127,6 +128,7 @@ def class_ids(model, entry, what="class") -> tuple:
         name = entry.strip()
         if not name:
             raise ValueError(f"{what} name {entry!r} is empty")
+        model.tokenizer.check_user_text(name, what)
         # a task token such as <OTHERS> is one id; any other name is tokenized like the
         # model's own text between <ref> and </ref>
         tok = model.tokenizer.token_to_id(name) if name.startswith("<") and name.endswith(">") else None

@@ -6,7 +6,8 @@ import numpy as np
 
 from .. import _core
 from ..results import DepthResult
-from .common import grid_logits, resize_rgb, run_turn, timed, to_rgb
+from ..llm import check_gen_keywords
+from .common import grid_logits, merged_px, over_images, resize_rgb, run_turn, timed, to_rgb
 
 NBINS = 1000
 # dataset -> (quantisation, min metres, max metres) onto bins 1..1000 (paper App. D.3)
@@ -41,6 +42,7 @@ def bin_ids(model):
     return [(int(i),) for i in ids]
 
 
+@over_images
 def depth(model, image, dataset=None, focal_length=None, *, prompt=None, max_new_tokens=32,
           **gen) -> DepthResult:
     """Metric depth (float32 [H, W] metres, NaN invalid) from one prefill.
@@ -51,7 +53,9 @@ def depth(model, image, dataset=None, focal_length=None, *, prompt=None, max_new
     ``focal_length`` (pixels, of this image) the image is resized by 2000/f first and
     the depth is corrected by the remaining ratio f_eff/2000 (f_eff = f times the
     preprocessed/original size ratio, geometric mean of both axes), so the result is
-    metric; without it the open-world depth is relative (``metric=False``)."""
+    metric; without it the open-world depth is relative (``metric=False``). A list of
+    images gives a list of results."""
+    check_gen_keywords("depth", gen)
     ds = _dataset(dataset)
     mode, dmin, dmax = RANGES[ds]
     rgb = to_rgb(image)
@@ -72,7 +76,8 @@ def depth(model, image, dataset=None, focal_length=None, *, prompt=None, max_new
     gh2, gw2 = turn.grid
     corr = 1.0
     if focal_length is not None:
-        f_eff = float(focal_length) * np.sqrt((gh2 * 32 / H) * (gw2 * 32 / W))
+        px = merged_px(model)  # the preprocessed size is the token grid times this
+        f_eff = float(focal_length) * np.sqrt((gh2 * px / H) * (gw2 * px / W))
         corr = f_eff / FOCAL_PX
     timings = dict(turn.timings)
     with timed(timings, "dense"):

@@ -5,7 +5,8 @@ import numpy as np
 
 from ..parse import parse_detections
 from ..results import OpenSetResult
-from .common import refs_of, run_turn, to_rgb
+from ..llm import check_gen_keywords
+from .common import over_images, refs_of, run_turn, to_rgb
 from .refer import _colour, clamp_box, core_target
 
 CATEGORIES_PROMPT = "Segment all objects in this image."
@@ -13,13 +14,17 @@ DETECT_PROMPT = "Detect every objects that belongs to the following categories: 
 NOT_CLASSES = {"<OTHERS>", "<BG>", "<FG>", ""}
 
 
+@over_images
 def segment_open(model, image, *, max_boxes=30, crop_short_side=1280, box_color=None, seed=None,
-                 max_new_tokens=512, **gen) -> OpenSetResult:
+                 max_new_tokens=512, progress=True, **gen) -> OpenSetResult:
     """Label map of every object the model finds: label 0 = background, label i =
     ``class_names[i]``. Steps: ``Segment all objects in this image.`` -> categories
     (the ``<ref>`` names); detection over them; the ``max_boxes`` largest boxes each get
     the core-target step (refer's crop protocol); masks are painted largest first, so
-    smaller objects stay on top. No categories or no boxes -> all background."""
+    smaller objects stay on top. No categories or no boxes -> all background.
+    ``progress``: a tqdm bar over the per-box prefills on stderr (False: quiet). A list
+    of images gives a list of results."""
+    check_gen_keywords("segment_open", gen)
     if not (isinstance(max_boxes, int) and max_boxes >= 0):
         raise ValueError(f"max_boxes must be a non-negative int, got {max_boxes!r}")
     rgb = to_rgb(image)
@@ -47,7 +52,9 @@ def segment_open(model, image, *, max_boxes=30, crop_short_side=1280, box_color=
         found += [(cls, clamp_box(b, W, H)) for b in boxes]
     found.sort(key=lambda cb: -(cb[1][2] - cb[1][0] + 1) * (cb[1][3] - cb[1][1] + 1))
     found = found[:max_boxes]
-    for cls, box in found:
+    from tqdm.auto import tqdm
+
+    for cls, box in tqdm(found, desc="segment_open: masks", unit="box", disable=not progress or not found):
         mask, _, _, _, t = core_target(model, rgb, box, crop_short_side=crop_short_side,
                                        colour=_colour(box_color, rng), max_new_tokens=64, **gen)
         labels[mask] = 1 + names.index(cls)

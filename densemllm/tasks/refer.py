@@ -6,7 +6,8 @@ import numpy as np
 from .. import _core
 from ..parse import parse_boxes
 from ..results import ReferResult
-from .common import check_image, grid_logits, resize_rgb, run_turn, timed, to_rgb
+from ..llm import check_gen_keywords
+from .common import check_image, grid_logits, over_images, resize_rgb, run_turn, timed, to_rgb
 
 GROUND_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}"
 CORE_PROMPT = "Segment the core target."
@@ -70,9 +71,9 @@ def core_target(model, rgb, box, *, crop_short_side=1280, colour=(255, 0, 0), ma
     ch, cw = crop.shape[:2]
     s = crop_short_side / min(ch, cw)
     crop_r = resize_rgb(crop, (max(1, round(ch * s)), max(1, round(cw * s))), "lanczos")
-    check_image(crop_r, "the resized crop")
+    check_image(model, crop_r, "the resized crop")
     turn = run_turn(model, crop_r, CORE_PROMPT, max_new_tokens=max_new_tokens, **gen)
-    tok = model.tokenizer
+    tok = model.tokenizer  # the answer's fixed tokens, by their ids in this vocabulary
     bg, fg = tok.token_to_id("<BG>"), tok.token_to_id("<FG>")
     if bg is None or fg is None:
         raise ValueError("this tokenizer lacks the <BG> / <FG> tokens")
@@ -87,6 +88,7 @@ def core_target(model, rgb, box, *, crop_short_side=1280, colour=(255, 0, 0), ma
     return mask, (cx0, cy0, cx1, cy1), lab, turn.text, timings
 
 
+@over_images
 def refer(model, image, expression, *, crop_short_side=1280, box_color=None, seed=None,
           max_new_tokens=64, **gen) -> ReferResult:
     """Mask of the object ``expression`` describes: grounding (a box in image pixels),
@@ -94,16 +96,19 @@ def refer(model, image, expression, *, crop_short_side=1280, box_color=None, see
 
     ``box_color``: the 1 px outline drawn before cropping (random, as in the paper, when
     None; ``seed`` fixes it). No box in the answer -> an empty mask and ``box=None``;
-    a malformed box raises :class:`densemllm.parse.ParseError`."""
+    a malformed box raises :class:`densemllm.parse.ParseError`. A list of images gives a
+    list of results."""
+    check_gen_keywords("refer", gen)
     if not isinstance(expression, str) or not expression.strip():
         raise ValueError("expression must be a non-empty string")
+    model.tokenizer.check_user_text(expression, "expression")
     if not (isinstance(crop_short_side, int) and crop_short_side >= 32):
         raise ValueError(f"crop_short_side must be an int >= 32, got {crop_short_side!r}")
     rgb = to_rgb(image)
     H, W = rgb.shape[:2]
     colour = _colour(box_color, np.random.default_rng(seed))
     turn = run_turn(model, rgb, GROUND_PROMPT.format(expression.strip()), stop_at_mask=False,
-                    max_new_tokens=max_new_tokens, **gen)
+                    max_new_tokens=max_new_tokens, what="expression", **gen)
     boxes = parse_boxes(turn.text)
     timings = {"ground_" + k: v for k, v in turn.timings.items()}
     if not boxes:

@@ -5,7 +5,8 @@ import numpy as np
 
 from .. import _core
 from ..results import SegmentResult
-from .common import class_ids, grid_logits, refs_of, run_turn, scaled, timed, to_rgb
+from ..llm import check_gen_keywords
+from .common import class_ids, grid_logits, over_images, refs_of, run_turn, scaled, timed, to_rgb
 
 OTHERS = "<OTHERS>"
 
@@ -20,6 +21,9 @@ def check_classes(model, classes):
     """Validated class names and their token ids (clear errors for bad input)."""
     if isinstance(classes, str):
         raise TypeError("classes must be a list of names, not one string (use [name])")
+    if isinstance(classes, (set, frozenset)) or not hasattr(classes, "__iter__"):
+        raise TypeError(f"classes must be an ordered sequence of names (a list or tuple), got "
+                        f"{type(classes).__name__}: label i is the i-th class, and a set has no order")
     names = list(classes)
     if not names:
         raise ValueError("classes is empty: name at least one class")
@@ -31,10 +35,11 @@ def check_classes(model, classes):
         if n in seen:
             raise ValueError(f"duplicate class name {n!r}")
         seen.add(n)
-    groups = [class_ids(model, n) for n in stripped]
+    groups = [class_ids(model, n, f"classes[{i}]") for i, n in enumerate(stripped)]
     return stripped, groups
 
 
+@over_images
 def segment(model, image, classes, background=False, crf=False, scale=1.0, prompt=None, *,
             all_classes=False, max_new_tokens=1024, **gen) -> SegmentResult:
     """Segment ``image`` into ``classes`` from one prefill.
@@ -45,7 +50,9 @@ def segment(model, image, classes, background=False, crf=False, scale=1.0, promp
     from its tokenized name, label i = ``classes[i]``. ``background=True`` adds the
     ``<OTHERS>`` channel: label 0 = background (sigmoid(z/4) <= 0.5 for all classes).
     ``scale`` resizes the input before the model (x4 for ADE20K); labels are at the
-    original image size. ``crf=True`` is not available yet."""
+    original image size. ``crf=True`` is not available yet. A list of images gives a
+    list of results."""
+    check_gen_keywords("segment", gen)
     if crf:
         raise NotImplementedError("crf=True: DenseCRF refinement is a later issue (csrc/dense/crf.c) "
                                   "and is not implemented yet; use crf=False")
