@@ -2,10 +2,18 @@
 PY ?= .venv/bin/python
 EXT := $(shell $(PY) -c "import sysconfig; print('densemllm/_core' + sysconfig.get_config_var('EXT_SUFFIX'))")
 
-.PHONY: build test asan-test
+.PHONY: build test asan-test dev-check
+# The build requirements must be in the venv (pip builds in an isolated environment,
+# so they are not there after a plain install): the README's test install adds them
+# through the `dev` extra.
+dev-check:
+	@$(PY) -c "import importlib.metadata as m; [m.version(d) for d in ('setuptools', 'onednn-devel-cpu-gomp', 'scipy-openblas32')]" 2>/dev/null || \
+	  { echo "make: the build requirements are missing from $(PY)'s environment; install them with:"; \
+	    echo "  $(dir $(PY))pip install -e '.[test,dev]'"; exit 1; }
+
 # Rebuild the C extension after editing csrc/. The new .so replaces the old one by
 # rename, so processes that have the old one mapped keep running.
-build:
+build: dev-check
 	$(PY) setup.py -q build_ext --build-lib build/lib --build-temp build/tmp
 	cp build/lib/$(EXT) $(EXT).tmp && mv -f $(EXT).tmp $(EXT)
 
@@ -17,7 +25,7 @@ test: build
 # (Python itself is not instrumented). Leak checking is off because CPython and torch
 # keep allocations alive at exit by design; memory errors and UB abort the run.
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
-asan-test:
+asan-test: dev-check
 	rm -rf build/asan && mkdir -p build/asan/pkg
 	DENSEMLLM_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib build/asan/lib --build-temp build/asan/tmp
 	cp -r densemllm build/asan/pkg/ && rm -f build/asan/pkg/densemllm/_core*.so
