@@ -75,8 +75,9 @@ def _open(path, what):
 
 
 def is_image_list(image):
-    """True for a list/tuple of images (what the tasks map over)."""
-    return isinstance(image, (list, tuple))
+    """True for a list/tuple of images (what the tasks map over); a named tuple (such as
+    vision.Preprocessed) is one item, not a list."""
+    return isinstance(image, list) or (isinstance(image, tuple) and not hasattr(image, "_fields"))
 
 
 def to_rgb_array(image, what="image"):

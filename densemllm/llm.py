@@ -314,7 +314,9 @@ def chat(model, image, text, system=DEFAULT_SYSTEM, *, image_embeds=None, **gen)
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     check_gen_keywords("chat", gen)
-    if isinstance(image, (list, tuple)):
+    from .image import is_image_list
+
+    if is_image_list(image):
         raise TypeError("chat(): one image per turn, got a list; call chat() once per image")
     model.tokenizer.check_user_text(text, "text")
     model.tokenizer.check_user_text(system, "system")

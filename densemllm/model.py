@@ -25,7 +25,7 @@ class Model:
 
     # ---- vision (densemllm/vision.py) ----
     def preprocess(self, image, max_num_patches=36864):
-        """(patches float32 [N, 3*16*16], (gh, gw), (H, W) resized) of an image; see densemllm.vision."""
+        """(patches float32 [N, 3*patch*patch], (gh, gw), (H, W) resized) of an image; see densemllm.vision."""
         from . import vision
         return vision.preprocess(self, image, max_num_patches)
 

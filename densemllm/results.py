@@ -57,7 +57,7 @@ class DepthResult:
 
     def model_text(self) -> str:
         """The answer with ``<mask>`` holding the RLE of the bin grid (the model's own RLE
-        is over this (H/16, W/16) grid, notes 6)."""
+        is over this grid of patches, (H/patch, W/patch), notes 6)."""
         return replace_mask(self.text, rle_encode(self.bins))
 
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _core
-from .image import to_rgb_array
+from .image import is_image_list, to_rgb_array
 
 __all__ = ["Preprocessed", "preprocess", "encode_image", "encode_patches", "vision_tower",
            "vision_config_dict", "DEFAULT_MAX_NUM_PATCHES"]
@@ -75,8 +75,10 @@ def _max_patches(max_num_patches):
 
 
 def preprocess(model, image, max_num_patches=DEFAULT_MAX_NUM_PATCHES):
-    """Resize (anti-aliased bilinear, sides multiples of patch*merge, at most
-    `max_num_patches` patches), normalise and cut into patches; see :class:`Preprocessed`."""
+    """The official processor's pixels, bit for bit: resize (uint8 anti-aliased bilinear,
+    exactly torch's uint8 kernel; sides multiples of patch*merge, at most
+    `max_num_patches` patches), rescale and normalise ((v - 127.5) / 127.5 in f32, the
+    fast processor's fused form) and cut into patches; see :class:`Preprocessed`."""
     v = model.config.vision
     arr = to_rgb_array(image)
     patches, grid, size = _core.preprocess(arr, _max_patches(max_num_patches), v.patch_size, v.spatial_merge_size)
@@ -91,6 +93,9 @@ def encode_patches(model, patches, grid_h, grid_w):
 
 def encode_image(model, image, max_num_patches=DEFAULT_MAX_NUM_PATCHES):
     """Vision tokens of an image (or of a :class:`Preprocessed`): float32
-    [gh/2*gw/2, text.hidden_size], row-major over the merged-token grid."""
+    [gh/2*gw/2, text.hidden_size], row-major over the merged-token grid. A list of
+    images gives a list of arrays."""
+    if is_image_list(image):
+        return [encode_image(model, im, max_num_patches) for im in image]
     pre = image if isinstance(image, Preprocessed) else preprocess(model, image, max_num_patches)
     return encode_patches(model, pre.patches, pre.grid[0], pre.grid[1])

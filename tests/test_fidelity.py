@@ -195,6 +195,8 @@ def test_list_of_images_gives_list_of_results(tmp_path):
     assert len(m.vision_logits([a, b], ["sky"])) == 2
     assert len(m.refer([a, b], "it", max_new_tokens=2)) == 2
     assert len(m.segment_open([a], max_new_tokens=2, progress=False)) == 1
+    enc = m.encode_image([a, b])
+    assert isinstance(enc, list) and np.array_equal(enc[1], m.encode_image(b))
     with pytest.raises(TypeError, match="one image per turn"):
         m.chat([a, b], "hi")
 

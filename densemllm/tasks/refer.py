@@ -7,7 +7,7 @@ from .. import _core
 from ..parse import parse_boxes
 from ..results import ReferResult
 from ..llm import check_gen_keywords
-from .common import check_image, grid_logits, over_images, resize_rgb, run_turn, timed, to_rgb
+from .common import check_image, grid_logits, merged_px, over_images, resize_rgb, run_turn, timed, to_rgb
 
 GROUND_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}"
 CORE_PROMPT = "Segment the core target."
@@ -102,8 +102,10 @@ def refer(model, image, expression, *, crop_short_side=1280, box_color=None, see
     if not isinstance(expression, str) or not expression.strip():
         raise ValueError("expression must be a non-empty string")
     model.tokenizer.check_user_text(expression, "expression")
-    if not (isinstance(crop_short_side, int) and crop_short_side >= 32):
-        raise ValueError(f"crop_short_side must be an int >= 32, got {crop_short_side!r}")
+    px = merged_px(model)
+    if not (isinstance(crop_short_side, int) and crop_short_side >= px):
+        raise ValueError(f"crop_short_side must be an int >= {px} (one merged vision token), "
+                         f"got {crop_short_side!r}")
     rgb = to_rgb(image)
     H, W = rgb.shape[:2]
     colour = _colour(box_color, np.random.default_rng(seed))
