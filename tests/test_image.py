@@ -93,7 +93,7 @@ def test_preprocess_equals_official_pixels(h, w, maxp, mode):
     arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
     img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
     rgb = np.asarray(img.convert("RGB"))  # what the official processor's convert_rgb gives
-    patches, grid, size = _core.preprocess(to_rgb_array(img), maxp)
+    patches, grid, size = _core.preprocess(to_rgb_array(img), maxp, 16, 2)
     assert (size[0], size[1]) == ref_target(h, w, maxp)
     got = _patches_to_chw(patches, grid, size)
     want = official_pixels(rgb, *size)
@@ -101,9 +101,9 @@ def test_preprocess_equals_official_pixels(h, w, maxp, mode):
     # numpy inputs of the same image (HxW, HxWx1, HxWx4) give identical patches
     if mode == "L":
         for a in (arr[..., 0], arr):
-            np.testing.assert_array_equal(_core.preprocess(to_rgb_array(a), maxp)[0], patches)
+            np.testing.assert_array_equal(_core.preprocess(to_rgb_array(a), maxp, 16, 2)[0], patches)
     if mode == "RGBA":
-        np.testing.assert_array_equal(_core.preprocess(to_rgb_array(arr), maxp)[0], patches)
+        np.testing.assert_array_equal(_core.preprocess(to_rgb_array(arr), maxp, 16, 2)[0], patches)
 
 
 def ref_target(h, w, maxp, patch=16, merge=2):
@@ -119,18 +119,18 @@ def ref_target(h, w, maxp, patch=16, merge=2):
 @pytest.mark.parametrize("h,w,maxp", [(500, 500, 36864), (1, 1, 36864), (3000, 4000, 36864),
                                       (1080, 1920, 4096), (20000, 20000, 36864), (7, 3000, 256)])
 def test_target_size(h, w, maxp):
-    oh, ow = _core.vision_target_size(h, w, maxp)
+    oh, ow = _core.vision_target_size(h, w, maxp, 16, 2)
     assert (oh, ow) == ref_target(h, w, maxp)
     assert oh % 32 == 0 and ow % 32 == 0 and (oh // 16) * (ow // 16) <= maxp
 
 
 def test_target_size_extreme_aspect_terminates():
-    oh, ow = _core.vision_target_size(1, 10**7, 36864)
+    oh, ow = _core.vision_target_size(1, 10**7, 36864, 16, 2)
     assert oh == 32 and (oh // 16) * (ow // 16) <= 36864
     with pytest.raises(ValueError):
-        _core.vision_target_size(10, 10, 3)  # cannot hold one merged token
+        _core.vision_target_size(10, 10, 3, 16, 2)  # cannot hold one merged token
     with pytest.raises(ValueError):
-        _core.vision_target_size(0, 10, 36864)
+        _core.vision_target_size(0, 10, 36864, 16, 2)
 
 
 def test_patch_order():
@@ -141,7 +141,7 @@ def test_patch_order():
     img[..., 0] = yy
     img[..., 1] = xx
     img[..., 2] = 7
-    patches, (gh, gw), size = _core.preprocess(img, 36864)
+    patches, (gh, gw), size = _core.preprocess(img, 36864, 16, 2)
     assert (gh, gw) == (4, 6) and size == (64, 96) and patches.shape == (24, 768)
     px = (patches.reshape(24, 16, 16, 3) + 1) / 2 * 255  # undo normalisation
     for t in range(24):
@@ -185,25 +185,27 @@ def test_bad_images():
         to_rgb_array(np.zeros((10, 10, 2), np.uint8))
     with pytest.raises(ValueError):
         to_rgb_array(np.zeros((2, 10, 10, 3), np.uint8))
-    with pytest.raises(ValueError):
-        to_rgb_array(Image.fromarray(np.zeros((8, 8), np.uint16)))  # 16-bit PIL image
+    with pytest.raises(TypeError, match="not an 8-bit image"):
+        to_rgb_array(Image.fromarray(np.zeros((8, 8), np.uint16)))  # 16-bit PIL image: never clipped
+    with pytest.raises(TypeError, match="not an 8-bit image"):
+        to_rgb_array(Image.fromarray(np.zeros((8, 8), np.float32)))  # float PIL image ("F")
     with pytest.raises(FileNotFoundError):
         to_rgb_array("/nonexistent/image.png")
     with pytest.raises(TypeError):
-        _core.preprocess(np.zeros((4, 4, 3), np.float32), 36864)
+        _core.preprocess(np.zeros((4, 4, 3), np.float32), 36864, 16, 2)
     with pytest.raises(ValueError):
-        _core.preprocess(np.zeros((4, 0, 3), np.uint8), 36864)
+        _core.preprocess(np.zeros((4, 0, 3), np.uint8), 36864, 16, 2)
 
 
 def test_tiny_and_huge_images():
     one = np.full((1, 1, 3), 200, np.uint8)
-    patches, grid, size = _core.preprocess(to_rgb_array(one), 36864)
+    patches, grid, size = _core.preprocess(to_rgb_array(one), 36864, 16, 2)
     assert grid == (2, 2) and size == (32, 32)
     np.testing.assert_allclose(patches, 200 / 255 * 2 - 1, atol=1e-6)  # constant image stays constant
     # 20000 x 20000: a zero-stride broadcast view (1.2 GB if it were real) shrinks
     # under max_num_patches; rows are streamed, nothing full-size is allocated.
     huge = np.broadcast_to(np.array([10, 20, 30], np.uint8), (20000, 20000, 3))
-    patches, grid, size = _core.preprocess(to_rgb_array(huge), 1024)
+    patches, grid, size = _core.preprocess(to_rgb_array(huge), 1024, 16, 2)
     assert grid[0] * grid[1] <= 1024 and size == (grid[0] * 16, grid[1] * 16)
     assert np.isfinite(patches).all()
     expect = np.broadcast_to((np.array([10, 20, 30]) / 255 - 0.5) / 0.5, (patches.size // 3, 3))

@@ -141,11 +141,12 @@ static PyObject *py_resize(PyObject *self, PyObject *args) {
     return (PyObject *)out;
 }
 
-/* vision_target_size(H, W, max_num_patches, patch=16, merge=2) -> (OH, OW) */
+/* vision_target_size(H, W, max_num_patches, patch_size, merge_size) -> (OH, OW); the sizes
+ * come from the checkpoint's vision_config (no defaults here) */
 static PyObject *py_target_size(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"height", "width", "max_num_patches", "patch_size", "merge_size", NULL};
-    long long H, W, maxp, patch = 16, merge = 2;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLL|LL", kwlist, &H, &W, &maxp, &patch, &merge)) return NULL;
+    long long H, W, maxp, patch, merge;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLL", kwlist, &H, &W, &maxp, &patch, &merge)) return NULL;
     if (patch <= 0 || merge <= 0 || patch > 4096 || merge > 64)
         return PyErr_Format(PyExc_ValueError, "bad patch/merge size %lld/%lld", patch, merge);
     if (H > (1LL << 40) || W > (1LL << 40)) return PyErr_Format(PyExc_ValueError, "image too large");
@@ -155,13 +156,13 @@ static PyObject *py_target_size(PyObject *self, PyObject *args, PyObject *kw) {
     return Py_BuildValue("(LL)", (long long)oh, (long long)ow);
 }
 
-/* preprocess(img uint8 [H,W,C], max_num_patches, patch_size=16, merge_size=2)
+/* preprocess(img uint8 [H,W,C], max_num_patches, patch_size, merge_size)
  *   -> (patches f32 [gh*gw, C*p*p], (gh, gw), (OH, OW)) */
 static PyObject *py_preprocess(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"image", "max_num_patches", "patch_size", "merge_size", NULL};
     PyObject *img;
-    long long maxp, patch = 16, merge = 2;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL|LL", kwlist, &img, &maxp, &patch, &merge)) return NULL;
+    long long maxp, patch, merge;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLL", kwlist, &img, &maxp, &patch, &merge)) return NULL;
     if (patch <= 0 || merge <= 0 || patch > 4096 || merge > 64)
         return PyErr_Format(PyExc_ValueError, "bad patch/merge size %lld/%lld", patch, merge);
     if (maxp > (1LL << 24)) return PyErr_Format(PyExc_ValueError, "max_num_patches %lld too large", maxp);
@@ -349,9 +350,9 @@ static PyMethodDef vision_methods[] = {
     {"resize_bilinear_aa", py_resize, METH_VARARGS,
      "resize_bilinear_aa(img uint8, out_h, out_w) -> uint8 [out_h, out_w, C] (torch uint8 antialias bilinear, bit-exact)."},
     {"vision_target_size", (PyCFunction)(void (*)(void))py_target_size, METH_VARARGS | METH_KEYWORDS,
-     "vision_target_size(height, width, max_num_patches, patch_size=16, merge_size=2) -> (H, W)."},
+     "vision_target_size(height, width, max_num_patches, patch_size, merge_size) -> (H, W)."},
     {"preprocess", (PyCFunction)(void (*)(void))py_preprocess, METH_VARARGS | METH_KEYWORDS,
-     "preprocess(image uint8, max_num_patches, patch_size=16, merge_size=2) -> (patches, (gh, gw), (H, W))."},
+     "preprocess(image uint8, max_num_patches, patch_size, merge_size) -> (patches, (gh, gw), (H, W))."},
     {NULL, NULL, 0, NULL},
 };
 
