@@ -88,28 +88,76 @@ static inline uint8_t tap_sum(const dm_resize_axis *ax, int64_t o, const uint8_t
     return (uint8_t)(acc < 0 ? 0 : acc > 255 ? 255 : acc);
 }
 
+static inline uint8_t clamp_shift(int acc, int p) {
+    acc >>= p;
+    return (uint8_t)(acc < 0 ? 0 : acc > 255 ? 255 : acc);
+}
+
 /* Horizontal pass: dst [H][OW][C] contiguous from src rows (strides sh, sw, sc). */
 static void pass_horizontal(uint8_t *dst, const uint8_t *src, const dm_resize_axis *ax, int64_t H,
                             int64_t C, int64_t sh, int64_t sw, int64_t sc) {
     const int64_t OW = ax->n_out;
+    const int p = ax->precision, rnd = p > 0 ? 1 << (p - 1) : 0;
 #pragma omp parallel for schedule(static)
     for (int64_t y = 0; y < H; y++)
         for (int64_t ox = 0; ox < OW; ox++) {
             const uint8_t *s = src + y * sh + ax->start[ox] * sw;
-            for (int64_t c = 0; c < C; c++) dst[(y * OW + ox) * C + c] = tap_sum(ax, ox, s + c * sc, sw);
+            uint8_t *d = dst + (y * OW + ox) * C;
+            if (C == 3) { /* RGB: the three sums in one pass over the taps */
+                const int16_t *w = ax->w + ox * ax->taps;
+                int a0 = rnd, a1 = rnd, a2 = rnd;
+                for (int64_t t = 0; t < ax->size[ox]; t++) {
+                    const uint8_t *q = s + t * sw;
+                    a0 += (int)q[0] * w[t];
+                    a1 += (int)q[sc] * w[t];
+                    a2 += (int)q[2 * sc] * w[t];
+                }
+                d[0] = clamp_shift(a0, p);
+                d[1] = clamp_shift(a1, p);
+                d[2] = clamp_shift(a2, p);
+            } else {
+                for (int64_t c = 0; c < C; c++) d[c] = tap_sum(ax, ox, s + c * sc, sw);
+            }
         }
 }
 
-/* Vertical pass: dst [OH][W][C] contiguous from src (strides sh, sw, sc). */
-static void pass_vertical(uint8_t *dst, const uint8_t *src, const dm_resize_axis *ay, int64_t W,
-                          int64_t C, int64_t sh, int64_t sw, int64_t sc) {
-    const int64_t OH = ay->n_out;
+/* Vertical pass: dst [OH][W][C] contiguous from src (strides sh, sw, sc). Contiguous
+ * rows (the intermediate) are summed a whole row per tap into int32 accumulators. */
+static dm_status pass_vertical(uint8_t *dst, const uint8_t *src, const dm_resize_axis *ay, int64_t W,
+                               int64_t C, int64_t sh, int64_t sw, int64_t sc) {
+    const int64_t OH = ay->n_out, n = W * C;
+    const int p = ay->precision, rnd = p > 0 ? 1 << (p - 1) : 0;
+    if (sw != C || sc != 1) {
 #pragma omp parallel for schedule(static)
-    for (int64_t oy = 0; oy < OH; oy++) {
-        const uint8_t *row = src + ay->start[oy] * sh;
-        for (int64_t x = 0; x < W; x++)
-            for (int64_t c = 0; c < C; c++) dst[(oy * W + x) * C + c] = tap_sum(ay, oy, row + x * sw + c * sc, sh);
+        for (int64_t oy = 0; oy < OH; oy++) {
+            const uint8_t *row = src + ay->start[oy] * sh;
+            for (int64_t x = 0; x < W; x++)
+                for (int64_t c = 0; c < C; c++) dst[(oy * W + x) * C + c] = tap_sum(ay, oy, row + x * sw + c * sc, sh);
+        }
+        return DM_OK;
     }
+    const int nt = omp_get_max_threads();
+    int32_t *accs = dm_alloc((size_t)nt * (size_t)n, sizeof(int32_t), "resize accumulators");
+    if (!accs) return DM_ERR_NOMEM;
+#pragma omp parallel num_threads(nt)
+    {
+        int32_t *acc = accs + (size_t)omp_get_thread_num() * (size_t)n;
+#pragma omp for schedule(static)
+        for (int64_t oy = 0; oy < OH; oy++) {
+            const int16_t *w = ay->w + oy * ay->taps;
+            for (int64_t i = 0; i < n; i++) acc[i] = rnd;
+            for (int64_t t = 0; t < ay->size[oy]; t++) {
+                const uint8_t *row = src + (ay->start[oy] + t) * sh;
+                const int32_t wt = w[t];
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++) acc[i] += (int32_t)row[i] * wt;
+            }
+            uint8_t *d = dst + oy * n;
+            for (int64_t i = 0; i < n; i++) d[i] = clamp_shift(acc[i], p);
+        }
+    }
+    dm_free(accs);
+    return DM_OK;
 }
 
 dm_status resize_bilinear_aa_u8(uint8_t *out, const uint8_t *in, int64_t H, int64_t W, int64_t C,
@@ -150,7 +198,7 @@ dm_status resize_bilinear_aa_u8(uint8_t *out, const uint8_t *in, int64_t H, int6
         const uint8_t *src = horizontal ? tmp : in;
         const int64_t sh = horizontal ? OW * C : stride_h, sw = horizontal ? C : stride_w,
                       sc = horizontal ? 1 : stride_c;
-        pass_vertical(out, src, &ay, OW, C, sh, sw, sc);
+        st = pass_vertical(out, src, &ay, OW, C, sh, sw, sc);
     }
 done:
     dm_free(tmp);
