@@ -97,3 +97,67 @@ def test_ids_the_tokenizer_does_not_know_are_never_sampled(tmp_path):
     assert isinstance(model.generate("hello", max_new_tokens=6, do_sample=False), str)
     img = np.zeros((64, 64, 3), np.uint8)
     assert model.segment(img, ["cat"], max_new_tokens=8).labels.shape == (64, 64)
+
+
+# ---- atomic writes (item 3) --------------------------------------------------------------
+
+def test_rewriting_a_checkpoint_does_not_touch_a_loaded_model(tmp_path):
+    """make_checkpoint used to truncate and rewrite model.safetensors in place: a model
+    mapped on it silently switched weights (same size) or died of SIGBUS (smaller)."""
+    path = make_checkpoint(tmp_path / "ck", seed=0)
+    model = densemllm.load(path)
+    ids = model.tokenizer.encode("hello world")
+    before = model.forward(ids)
+    inode = (path / "model.safetensors").stat().st_ino
+    make_checkpoint(tmp_path / "ck", seed=1)  # same shapes, other weights
+    assert (path / "model.safetensors").stat().st_ino != inode  # a new file, renamed over the old
+    np.testing.assert_array_equal(model.forward(ids), before)
+    assert not np.array_equal(densemllm.load(path).forward(ids), before)  # the new file is the new model
+    assert not [p.name for p in path.iterdir() if p.name.startswith(".")]  # no temporary left over
+
+
+def test_a_smaller_rewrite_cannot_kill_a_loaded_model(tmp_path):
+    """The SIGBUS case, in a subprocess so that a regression fails this test instead of the run."""
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np, densemllm
+from densemllm.testing import make_checkpoint
+p = make_checkpoint({str(tmp_path / 'ck')!r}, seed=0, num_hidden_layers=2)
+m = densemllm.load(p)
+ids = m.tokenizer.encode("hello")
+a = m.forward(ids)
+make_checkpoint(p, seed=0, num_hidden_layers=1)   # a smaller file under the same name
+assert np.array_equal(m.forward(ids), a)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+def test_atomic_helper_leaves_the_old_file_on_error_and_follows_the_umask(tmp_path):
+    import os
+
+    from densemllm._atomic import atomic_open, atomic_path, atomic_write
+
+    target = tmp_path / "f.json"
+    atomic_write(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "w") as f:
+            f.write("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+    with atomic_path(tmp_path / "a.npy") as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".npy"
+        np.save(tmp, np.arange(3))  # np.save keeps a name that already ends in .npy
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(3))
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "m.txt", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.txt").stat().st_mode & 0o777 == 0o640
+    with pytest.raises(IsADirectoryError):
+        atomic_write(tmp_path, b"x")
