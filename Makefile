@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 EXT := $(shell $(PY) -c "import sysconfig; print('densemllm/_core' + sysconfig.get_config_var('EXT_SUFFIX'))")
 
-.PHONY: build test asan-test dev-check
+.PHONY: build test asan-test dev-check fuzz
 # The build requirements must be in the venv (pip builds in an isolated environment,
 # so they are not there after a plain install): the README's test install adds them
 # through the `dev` extra.
@@ -33,3 +33,30 @@ asan-test: dev-check
 	cd build/asan/pkg && DENSEMLLM_EXPECT_SANITIZED=1 LD_PRELOAD=$(ASAN_LIB) \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests $(ASAN_PYTEST_ARGS)
+
+# Coverage-guided fuzzing of the C parsers (safetensors header + its JSON grammar, RLE)
+# with libFuzzer + ASan + UBSan. Needs clang (Debian: apt-get install clang). Each target
+# starts from its committed seeds in tests/fuzz/corpus/<target> and keeps what it finds in
+# build/fuzz/corpus/<target>; a crash stops the run and leaves crash-* in build/fuzz.
+# FUZZ_SECONDS per target (the long run in docs/build.md: FUZZ_SECONDS=1200).
+CLANG ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = safetensors json rle
+FUZZ_CFLAGS = -g -O1 -std=c11 -D_GNU_SOURCE -Icsrc -Wno-unknown-pragmas \
+  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_CORE = csrc/core/status.c csrc/core/alloc.c csrc/core/tensor.c csrc/core/dtype.c
+fuzz_safetensors_SRC = csrc/io/safetensors.c $(FUZZ_CORE)
+fuzz_json_SRC = csrc/io/safetensors.c $(FUZZ_CORE)
+fuzz_rle_SRC = csrc/dense/rle.c csrc/core/status.c
+.SECONDEXPANSION:
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $$(fuzz_$$*_SRC) $$(wildcard csrc/*/*.h)
+	mkdir -p build/fuzz
+	$(CLANG) $(FUZZ_CFLAGS) -o $@ $< $(fuzz_$*_SRC)
+fuzz: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+	set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus/$$t; echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  rc=0; (cd build/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=2048 \
+	    corpus/$$t $(CURDIR)/tests/fuzz/corpus/$$t > fuzz_$$t.log 2>&1) || rc=$$?; \
+	  grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::|ERROR|SUMMARY|artifact' build/fuzz/fuzz_$$t.log; \
+	  test $$rc = 0; \
+	done

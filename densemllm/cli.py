@@ -212,6 +212,7 @@ def demo(args):
     import densemllm
     from PIL import Image
 
+    from ._atomic import atomic_path
     from .testing import make_checkpoint
 
     out = Path(args.out_dir)
@@ -227,7 +228,8 @@ def demo(args):
     img[..., 2] = np.where(yy < h // 2, 230, 40)
     img[..., 1] = np.where(yy < h // 2, 160, 120)
     image_path = out / "demo-image.png"
-    Image.fromarray(img).save(image_path)
+    with atomic_path(image_path) as tmp:
+        Image.fromarray(img).save(tmp)
     model = densemllm.load(ck, threads=args.threads)
     ns = argparse.Namespace(classes="sky,ground", background=False, scale=1.0, prompt=None, all_classes=True,
                             max_new_tokens=16)

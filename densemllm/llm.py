@@ -6,6 +6,9 @@ runs the token loop. Semantics follow Hugging Face ``generate`` (notes section 5
 """
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 import secrets
 
 import numpy as np
@@ -185,17 +188,20 @@ class Session:
     def generate_ids(self, max_new_tokens=256, *, temperature=DEFAULT_TEMPERATURE, top_k=None,
                      top_p=DEFAULT_TOP_P, repetition_penalty=DEFAULT_REPETITION_PENALTY, do_sample=True,
                      seed=None, eos_token_id=None):
-        """Iterator over new token ids (eos ends it and is not yielded)."""
-        _check_gen(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        """Iterator over new token ids (eos ends it and is not yielded). Ids the
+        tokenizer does not know (head rows past its vocabulary: padding) are never chosen."""
+        g = _check_gen(max_new_tokens, temperature, top_k, top_p, repetition_penalty, do_sample, seed)
         eos = _eos_set(self.model, eos_token_id)
-        rng = _core.rng_state(secrets.randbits(64) if seed is None else int(seed))
+        rng = _core.rng_state(secrets.randbits(64) if g["seed"] is None else g["seed"])
         max_pos = self.model.config.text.max_position_embeddings
-        for _ in range(max_new_tokens):
+        known = self.model.tokenizer.vocab_size
+        for _ in range(g["max_new_tokens"]):
             if self._last_logits is None:
                 raise RuntimeError("session has no logits to continue from")
             logits = self._last_logits.copy()
-            tok = _core.sample(logits, np.asarray(self.ids, dtype=np.int64), rng, bool(do_sample),
-                               float(temperature), int(top_k or 0), float(top_p), float(repetition_penalty))
+            logits[known:] = -np.inf
+            tok = _core.sample(logits, np.asarray(self.ids, dtype=np.int64), rng, g["do_sample"], g["temperature"],
+                               g["top_k"], g["top_p"], g["repetition_penalty"])
             if tok in eos:
                 return
             if self.core.position >= max_pos:
@@ -209,8 +215,7 @@ class Session:
         with stream=True). ``stop``: a string or list of strings that end
         generation (not included in the text)."""
         # validate now, not at the first next() of a stream
-        _check_gen(max_new_tokens, kw.get("temperature", DEFAULT_TEMPERATURE), kw.get("top_k"),
-                   kw.get("top_p", DEFAULT_TOP_P), kw.get("repetition_penalty", DEFAULT_REPETITION_PENALTY))
+        _check_gen(max_new_tokens, **{k: v for k, v in kw.items() if k != "eos_token_id"})
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not isinstance(s, str) or not s for s in stops):
             raise ValueError("stop must be a non-empty string or a list of them")
@@ -254,17 +259,44 @@ def _eos_set(model, eos_token_id):
     return set(int(e) for e in eos_token_id)
 
 
-def _check_gen(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-    if temperature is None or temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
-        raise ValueError(f"top_k must be None or a non-negative int, got {top_k!r}")
-    if top_p is None or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if repetition_penalty is None or not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
+def _gen_int(name, v, lo, hi):
+    """A Python or NumPy integer in [lo, hi] (bool, float and str rejected: 1.5 is not truncated)."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got the bool {v!r}")
+    try:
+        i = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}") from None
+    if not lo <= i <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {i}")
+    return i
+
+
+def _gen_real(name, v, ok, bound):
+    """A finite real (NaN and inf rejected: `t < 0` is False for NaN) for which ok(x) holds."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number {bound}, got {type(v).__name__} {v!r}")
+    x = float(v)
+    if not math.isfinite(x) or not ok(x):
+        raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
+    return x
+
+
+def _check_gen(max_new_tokens=256, temperature=DEFAULT_TEMPERATURE, top_k=None, top_p=DEFAULT_TOP_P,
+               repetition_penalty=DEFAULT_REPETITION_PENALTY, do_sample=True, seed=None):
+    """The one validation of the generation arguments: returns them as the plain
+    Python values the core takes (so the core only ever sees checked values)."""
+    if not isinstance(do_sample, (bool, np.bool_)):
+        raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__} {do_sample!r}")
+    return dict(
+        max_new_tokens=_gen_int("max_new_tokens", max_new_tokens, 0, 2**31 - 1),
+        temperature=_gen_real("temperature", temperature, lambda x: x >= 0, ">= 0 (0: greedy)"),
+        top_k=0 if top_k is None else _gen_int("top_k", top_k, 0, 2**63 - 1),
+        top_p=_gen_real("top_p", top_p, lambda x: 0 < x <= 1, "in (0, 1]"),
+        repetition_penalty=_gen_real("repetition_penalty", repetition_penalty, lambda x: x > 0, "> 0"),
+        do_sample=bool(do_sample),
+        seed=None if seed is None else _gen_int("seed", seed, 0, 2**64 - 1),
+    )
 
 
 def prefill(model, prompt_or_ids, image=None, *, image_embeds=None):
@@ -290,7 +322,7 @@ def generate(model, prompt_or_ids, image=None, *, image_embeds=None, max_new_tok
     do_sample is False or temperature is 0. Defaults are the official ones
     (temperature 0.1, top_p 0.001, repetition_penalty 1.05: effectively greedy).
     Returns the text, or an iterator of text pieces with stream=True."""
-    _check_gen(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    _check_gen(max_new_tokens, temperature, top_k, top_p, repetition_penalty, do_sample, seed)
     sess = prefill(model, prompt_or_ids, image, image_embeds=image_embeds)
     return sess.generate(max_new_tokens, stop=stop, stream=stream, temperature=temperature, top_k=top_k,
                          top_p=top_p, repetition_penalty=repetition_penalty, do_sample=do_sample, seed=seed,
@@ -320,8 +352,7 @@ def chat(model, image, text, system=DEFAULT_SYSTEM, *, image_embeds=None, **gen)
         raise TypeError("chat(): one image per turn, got a list; call chat() once per image")
     model.tokenizer.check_user_text(text, "text")
     model.tokenizer.check_user_text(system, "system")
-    _check_gen(gen.get("max_new_tokens", 256), gen.get("temperature", DEFAULT_TEMPERATURE), gen.get("top_k"),
-               gen.get("top_p", DEFAULT_TOP_P), gen.get("repetition_penalty", DEFAULT_REPETITION_PENALTY))
+    _check_gen(**{k: v for k, v in gen.items() if k not in ("stop", "stream", "eos_token_id")})
     emb, grid = _vision(model, image, image_embeds)
     ids = chat_ids(model, image, text, system, 0 if emb is None else emb.shape[0])
     sess = _prefill(model, ids, emb, grid)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_open, atomic_write
 from .checkpoint import expected_weights
 from .config import ModelConfig
 from .tokenizer import FALLBACK_CHAT_TEMPLATE
@@ -122,14 +123,15 @@ def _save_safetensors(path, tensors, metadata):
     NumPy has no bfloat16, so safetensors.numpy cannot write BF16 and safetensors.torch
     would make torch a runtime dependency (the demo runs without it). The container is
     a u64 header length, a JSON header padded to 8 bytes, then the data; transformers'
-    own loader reads these files in tests/test_load.py."""
+    own loader reads these files in tests/test_load.py. Written to a temporary name and
+    renamed, so a model that has the old file mapped keeps its weights."""
     header, offset = {"__metadata__": dict(metadata)}, 0
     for name, (dt, shape, data) in tensors.items():
         header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for _, _, data in tensors.values():
@@ -217,18 +219,18 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, chat_te
             for n, (_, _, data) in part.items():
                 weight_map[n] = fname
                 total += len(data)
-        (out / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        atomic_write(out / "model.safetensors.index.json",
+                     json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    (out / "tokenizer.json").write_text(tok_json)
+    atomic_write(out / "config.json", json.dumps(cfg, indent=2))
+    atomic_write(out / "tokenizer.json", tok_json)
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS,
                "eos_token": IM_END if chat_template == "chatml" else EOS,
                "pad_token": EOS, "model_max_length": cfg["max_position_embeddings"]}
     if chat_template is not None:
         tok_cfg["chat_template"] = CHAT_TEMPLATES[chat_template]
-    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-    (out / "generation_config.json").write_text(json.dumps({
+    atomic_write(out / "tokenizer_config.json", json.dumps(tok_cfg, indent=2))
+    atomic_write(out / "generation_config.json", json.dumps({
         "bos_token_id": ids[BOS], "eos_token_id": eos_ids, "pad_token_id": ids[EOS],
         "do_sample": True, "temperature": 0.1, "top_p": 0.001, "repetition_penalty": 1.05,
     }, indent=2))

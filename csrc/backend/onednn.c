@@ -22,12 +22,21 @@ static dm_status dnnl_fail(dnnl_status_t s, const char *what) {
 
 /* Primitive cache keyed by the full problem. Entries are never evicted (a
  * primitive may be executing on another thread); once full, further shapes get
- * a primitive built per call (oneDNN's own cache still makes that cheap). */
+ * a primitive built per call (oneDNN's own cache still makes that cheap).
+ *
+ * Thread safety: one cached primitive is executed by any number of threads at
+ * once (Python threads sharing a model, or two models of the same shapes). With
+ * oneDNN's default library-managed scratchpad that gave wrong results (the
+ * primitive's scratch memory is shared by concurrent executions), so primitives
+ * are built with a user-managed scratchpad: every execution passes its own,
+ * from the calling thread's grow-only buffer below. */
 typedef struct {
     int64_t M, N, K;
     dnnl_data_type_t wdt, bdt;
     int accumulate;
     dnnl_primitive_t prim;
+    dnnl_memory_desc_t scratch_md; /* the primitive's scratchpad layout (owned) */
+    size_t scratch_bytes;
 } prim_entry;
 
 #define CACHE_CAP 512
@@ -44,7 +53,9 @@ static dnnl_data_type_t to_dnnl(dm_dtype t) {
     }
 }
 
-static dm_status build_primitive(const prim_entry *key, dnnl_primitive_t *out) {
+/* Builds the primitive and its scratchpad descriptor into out->prim / out->scratch_md. */
+static dm_status build_primitive(prim_entry *out) {
+    const prim_entry *key = out;
     dnnl_memory_desc_t src_md = NULL, wei_md = NULL, bias_md = NULL, dst_md = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t post_ops = NULL;
@@ -65,6 +76,7 @@ static dm_status build_primitive(const prim_entry *key, dnnl_primitive_t *out) {
     if (key->bdt != dnnl_data_type_undef)
         CHECK(dnnl_memory_desc_create_with_strides(&bias_md, 2, bias_dims, key->bdt, bias_strides), "bias desc");
     CHECK(dnnl_primitive_attr_create(&attr), "attr");
+    CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
     if (key->accumulate) {
         CHECK(dnnl_post_ops_create(&post_ops), "post-ops");
         CHECK(dnnl_post_ops_append_sum(post_ops, 1.0f, 0, dnnl_data_type_undef), "sum post-op");
@@ -72,7 +84,14 @@ static dm_status build_primitive(const prim_entry *key, dnnl_primitive_t *out) {
     }
     CHECK(dnnl_matmul_primitive_desc_create(&pd, dm_engine, src_md, wei_md, bias_md, dst_md, attr),
           "matmul descriptor");
-    CHECK(dnnl_primitive_create(out, pd), "matmul primitive");
+    CHECK(dnnl_memory_desc_clone(&out->scratch_md, dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)),
+          "scratchpad desc");
+    out->scratch_bytes = dnnl_memory_desc_get_size(out->scratch_md);
+    if ((s = dnnl_primitive_create(&out->prim, pd)) != dnnl_success) {
+        dnnl_memory_desc_destroy(out->scratch_md);
+        out->scratch_md = NULL;
+        st = dnnl_fail(s, "matmul primitive");
+    }
 #undef CHECK
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
@@ -85,26 +104,25 @@ done:
     return st;
 }
 
-/* Returns a cached primitive (*owned = 0) or a fresh one the caller destroys. */
-static dm_status get_primitive(const prim_entry *key, dnnl_primitive_t *prim, int *owned) {
+/* Fills key->prim / scratch_md / scratch_bytes from the cache (*owned = 0) or
+ * with a fresh primitive the caller destroys (*owned = 1). */
+static dm_status get_primitive(prim_entry *key, int *owned) {
     pthread_mutex_lock(&dm_cache_lock);
     for (int i = 0; i < dm_cache_len; i++) {
         const prim_entry *e = &dm_cache[i];
         if (e->M == key->M && e->N == key->N && e->K == key->K && e->wdt == key->wdt &&
             e->bdt == key->bdt && e->accumulate == key->accumulate) {
-            *prim = e->prim;
+            *key = *e;
             *owned = 0;
             pthread_mutex_unlock(&dm_cache_lock);
             return DM_OK;
         }
     }
     pthread_mutex_unlock(&dm_cache_lock);
-    DM_TRY(build_primitive(key, prim));
+    DM_TRY(build_primitive(key));
     pthread_mutex_lock(&dm_cache_lock);
     if (dm_cache_len < CACHE_CAP) {
-        dm_cache[dm_cache_len] = *key;
-        dm_cache[dm_cache_len].prim = *prim;
-        dm_cache_len++;
+        dm_cache[dm_cache_len++] = *key;
         *owned = 0;
     } else {
         *owned = 1;
@@ -113,13 +131,16 @@ static dm_status get_primitive(const prim_entry *key, dnnl_primitive_t *prim, in
     return DM_OK;
 }
 
-/* Per-thread, grow-only buffer for the bf16 copy of the activations: a fresh
- * allocation per call paid malloc + first-touch page faults on every product
- * (~35 MB for a 4096x4304 input). It keeps the largest size seen by the calling
- * thread (one per Python thread) and is freed by the key's destructor at thread exit. */
+/* Per-thread, grow-only buffers for the bf16 copy of the activations and for the
+ * primitive's scratchpad: a fresh allocation per call paid malloc + first-touch
+ * page faults on every product (~35 MB for a 4096x4304 input). Each keeps the
+ * largest size seen by the calling thread (one per Python thread) and is freed by
+ * the key's destructor at thread exit. */
 typedef struct {
     uint16_t *data;
     size_t cap;
+    void *scratch;
+    size_t scratch_cap;
 } act_buffer;
 
 static pthread_key_t dm_act_key;
@@ -128,12 +149,13 @@ static pthread_once_t dm_act_once = PTHREAD_ONCE_INIT;
 static void act_buffer_free(void *p) {
     act_buffer *b = p;
     dm_free(b->data);
+    dm_free(b->scratch);
     dm_free(b);
 }
 
 static void act_key_init(void) { pthread_key_create(&dm_act_key, act_buffer_free); }
 
-static uint16_t *act_buffer_get(size_t n) {
+static act_buffer *thread_buffers(void) {
     pthread_once(&dm_act_once, act_key_init);
     act_buffer *b = pthread_getspecific(dm_act_key);
     if (!b) {
@@ -145,6 +167,12 @@ static uint16_t *act_buffer_get(size_t n) {
             return NULL;
         }
     }
+    return b;
+}
+
+static uint16_t *act_buffer_get(size_t n) {
+    act_buffer *b = thread_buffers();
+    if (!b) return NULL;
     if (b->cap < n) {
         uint16_t *d = dm_alloc(n, sizeof(uint16_t), "matmul bf16 activations");
         if (!d) return NULL;
@@ -153,6 +181,20 @@ static uint16_t *act_buffer_get(size_t n) {
         b->cap = n;
     }
     return b->data;
+}
+
+/* The calling thread's scratchpad of at least n bytes (n may be 0). */
+static void *scratch_get(size_t n) {
+    act_buffer *b = thread_buffers();
+    if (!b) return NULL;
+    if (b->scratch_cap < n || !b->scratch) {
+        void *d = dm_alloc(n ? n : 1, 1, "matmul scratchpad");
+        if (!d) return NULL;
+        dm_free(b->scratch);
+        b->scratch = d;
+        b->scratch_cap = n;
+    }
+    return b->scratch;
 }
 
 static dm_status make_memory(dnnl_memory_t *mem, int64_t d0, int64_t d1, int64_t s0, int64_t s1,
@@ -175,7 +217,7 @@ dm_status dm_matmul_onednn(float *out, const float *x, const dm_tensor *w,
 
     const int64_t N = w->shape[0], K = w->shape[1];
     prim_entry key = {M, N, K, to_dnnl(w->dtype), bias ? to_dnnl(bias->dtype) : dnnl_data_type_undef,
-                      accumulate ? 1 : 0, NULL};
+                      accumulate ? 1 : 0, NULL, NULL, 0};
     if (bias && key.bdt == dnnl_data_type_undef)
         return dm_fail(DM_ERR_TYPE, "matmul: bias dtype %s unsupported", dm_dtype_name(bias->dtype));
 
@@ -189,21 +231,24 @@ dm_status dm_matmul_onednn(float *out, const float *x, const dm_tensor *w,
         src = x16;
     }
 
-    dnnl_primitive_t prim = NULL;
     int owned = 0;
-    dnnl_memory_t msrc = NULL, mwei = NULL, mdst = NULL, mbias = NULL;
+    dnnl_memory_t msrc = NULL, mwei = NULL, mdst = NULL, mbias = NULL, mscratch = NULL;
     dnnl_stream_t stream = NULL;
-    dm_status st = get_primitive(&key, &prim, &owned);
+    dm_status st = get_primitive(&key, &owned);
     if (st != DM_OK) goto done;
+    void *scratch = scratch_get(key.scratch_bytes);
+    if (!scratch) { st = DM_ERR_NOMEM; goto done; }
+    dnnl_status_t s = dnnl_memory_create(&mscratch, key.scratch_md, dm_engine, scratch);
+    if (s != dnnl_success) { st = dnnl_fail(s, "scratchpad memory"); goto done; }
     if ((st = make_memory(&msrc, M, K, K, 1, key.wdt == dnnl_f32 ? dnnl_f32 : key.wdt, src)) != DM_OK) goto done;
     if ((st = make_memory(&mwei, K, N, 1, K, key.wdt, w->data)) != DM_OK) goto done;
     if ((st = make_memory(&mdst, M, N, N, 1, dnnl_f32, out)) != DM_OK) goto done;
     if (bias && (st = make_memory(&mbias, 1, N, N, 1, key.bdt, bias->data)) != DM_OK) goto done;
-    dnnl_status_t s = dnnl_stream_create(&stream, dm_engine, dnnl_stream_default_flags);
+    s = dnnl_stream_create(&stream, dm_engine, dnnl_stream_default_flags);
     if (s != dnnl_success) { st = dnnl_fail(s, "stream"); goto done; }
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, msrc}, {DNNL_ARG_WEIGHTS, mwei}, {DNNL_ARG_DST, mdst},
-                               {DNNL_ARG_BIAS, mbias}};
-    s = dnnl_primitive_execute(prim, stream, bias ? 4 : 3, args);
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, msrc}, {DNNL_ARG_WEIGHTS, mwei}, {DNNL_ARG_DST, mdst},
+                               {DNNL_ARG_SCRATCHPAD, mscratch}, {DNNL_ARG_BIAS, mbias}};
+    s = dnnl_primitive_execute(key.prim, stream, bias ? 5 : 4, args);
     if (s == dnnl_success) s = dnnl_stream_wait(stream);
     if (s != dnnl_success) st = dnnl_fail(s, "matmul execution");
 done:
@@ -212,7 +257,9 @@ done:
     if (mwei) dnnl_memory_destroy(mwei);
     if (mdst) dnnl_memory_destroy(mdst);
     if (mbias) dnnl_memory_destroy(mbias);
-    if (owned && prim) dnnl_primitive_destroy(prim);
+    if (mscratch) dnnl_memory_destroy(mscratch);
+    if (owned && key.prim) dnnl_primitive_destroy(key.prim);
+    if (owned && key.scratch_md) dnnl_memory_desc_destroy(key.scratch_md);
     return st;
 }
 

@@ -628,7 +628,7 @@ dm_status dm_checkpoint_at(const dm_checkpoint *c, int64_t i, const char **name,
 }
 
 static const st_entry *lookup(const dm_checkpoint *c, const char *name) {
-    if (!c || !name) return NULL;
+    if (!c || !name || c->n == 0) return NULL; /* bsearch must not see a NULL array */
     st_entry key = {.name = (char *)name};
     return bsearch(&key, c->entries, (size_t)c->n, sizeof *c->entries, cmp_name);
 }

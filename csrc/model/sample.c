@@ -107,11 +107,15 @@ static dm_status top_p_filter(float *x, int64_t V, float top_p) {
 dm_status dm_sample(float *logits, int64_t V, const int64_t *history, int64_t n_hist,
                     const dm_sample_params *p, dm_rng *rng, int64_t *token) {
     if (V <= 0) return dm_fail(DM_ERR_VALUE, "sample: empty logits");
-    if (!(p->repetition_penalty > 0))
-        return dm_fail(DM_ERR_VALUE, "repetition_penalty must be > 0, got %g", (double)p->repetition_penalty);
-    if (p->do_sample && p->temperature < 0)
-        return dm_fail(DM_ERR_VALUE, "temperature must be >= 0, got %g", (double)p->temperature);
-    if (!(p->top_p > 0)) return dm_fail(DM_ERR_VALUE, "top_p must be in (0, 1], got %g", (double)p->top_p);
+    /* Written so that NaN fails every check (NaN < 0 is false). densemllm.llm checks
+     * these first with the same bounds; this guards the core's own callers. */
+    if (!(p->repetition_penalty > 0 && isfinite(p->repetition_penalty)))
+        return dm_fail(DM_ERR_VALUE, "repetition_penalty must be a finite number > 0, got %g",
+                       (double)p->repetition_penalty);
+    if (p->do_sample && !(p->temperature >= 0 && isfinite(p->temperature)))
+        return dm_fail(DM_ERR_VALUE, "temperature must be a finite number >= 0, got %g", (double)p->temperature);
+    if (!(p->top_p > 0 && p->top_p <= 1))
+        return dm_fail(DM_ERR_VALUE, "top_p must be in (0, 1], got %g", (double)p->top_p);
     if (p->repetition_penalty != 1.0f) {
         for (int64_t i = 0; i < n_hist; i++) {
             int64_t id = history[i];
@@ -131,8 +135,16 @@ dm_status dm_sample(float *logits, int64_t V, const int64_t *history, int64_t n_
         *token = argmax(logits, V);
         return DM_OK;
     }
-    if (p->temperature != 1.0f)
+    if (p->temperature != 1.0f) {
         for (int64_t i = 0; i < V; i++) logits[i] /= p->temperature;
+        /* A temperature so small that the top logit overflows is the greedy limit
+         * (softmax would be inf - inf = NaN). */
+        int64_t top = argmax(logits, V);
+        if (logits[top] == INFINITY) {
+            *token = top;
+            return DM_OK;
+        }
+    }
     if (p->top_k > 0 && p->top_k < V) {
         float *tmp = dm_alloc((size_t)V, sizeof(float), "top-k scratch");
         if (!tmp) return DM_ERR_NOMEM;

@@ -395,9 +395,7 @@ static PyObject *py_sample(PyObject *self, PyObject *args, PyObject *kw) {
         return PyErr_Format(PyExc_ValueError, "rng_state must have 4 elements (from rng_state(seed))");
     if (!PyArray_ISWRITEABLE((PyArrayObject *)lo) || !PyArray_ISWRITEABLE((PyArrayObject *)rs))
         return PyErr_Format(PyExc_ValueError, "logits and rng_state must be writeable (they are updated in place)");
-    if (temperature < 0) return PyErr_Format(PyExc_ValueError, "temperature must be >= 0, got %g", temperature);
-    if (!(top_p > 0 && top_p <= 1)) return PyErr_Format(PyExc_ValueError, "top_p must be in (0, 1], got %g", top_p);
-    if (!(rep > 0)) return PyErr_Format(PyExc_ValueError, "repetition_penalty must be > 0, got %g", rep);
+    /* temperature, top_p, repetition_penalty: checked by dm_sample (NaN-safe). */
     if (top_k < 0) return PyErr_Format(PyExc_ValueError, "top_k must be >= 0, got %lld", top_k);
     dm_sample_params p = {.do_sample = do_sample, .temperature = (float)temperature, .top_k = top_k,
                           .top_p = (float)top_p, .repetition_penalty = (float)rep};
