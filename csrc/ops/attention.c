@@ -798,11 +798,6 @@ static inline void grad_row(float *s, float *dp, int vis, float scale, float lse
 #endif
 }
 
-/* Copy rows [j0, j0+nj) of head g (row stride rs, head width D) to bT[D][BK], zero-padded. */
-static void pack_transposed(float *bT, const float *base, int64_t rs, int g, int D, int64_t j0, int nj) {
-    transpose_block(bT, base, rs, g, D, j0, nj);
-}
-
 /* dst[c][r] = src[r][c] for a BK x BK block (rows / columns past the used ones are zero in src). */
 static void transpose_sq(float *dst, const float *src) {
     for (int r = 0; r < BK; r++)
@@ -814,6 +809,10 @@ typedef struct {
     const float *dout, *q, *k, *v, *lse, *D;
     int64_t qs, ks, vs, os;
     const dm_attn_args *a;
+    /* K and V of every (kv head g, key block item b) transposed once, up front:
+     * kTp + (g * n_kv + b) * Dk * BK is [Dk][BK], vTp likewise [Dv][BK] */
+    const float *kTp, *vTp;
+    int64_t n_kv;
 } bwd_ctx;
 
 /* Visible keys of a key block starting at kb (nk keys) for query i: causal rows
@@ -824,14 +823,14 @@ static inline int visible_keys(const dm_attn_args *a, int64_t i, int64_t kb, int
     return lim < 0 ? 0 : lim > nk ? nk : (int)lim;
 }
 
-static void bwd_kv_item(const bwd_ctx *c, const kv_item *it, int g, float *kT, float *vT, float *S, float *dP,
-                        float *PT, float *dST, float *dKa, float *dVa) {
+static void bwd_kv_item(const bwd_ctx *c, const kv_item *it, int64_t b, int g, float *S, float *dP, float *PT,
+                        float *dST, float *dKa, float *dVa) {
     const dm_attn_args *a = c->a;
     const int Dk = a->Dk, Dv = a->Dv, rep = a->H / a->Hkv;
     const int nk = (int)(it->j1 - it->j0);
     const int64_t shift = a->Tk - a->Tq;
-    pack_transposed(kT, c->k, c->ks, g, Dk, it->j0, nk);
-    pack_transposed(vT, c->v, c->vs, g, Dv, it->j0, nk);
+    const float *kT = c->kTp + ((int64_t)g * c->n_kv + b) * Dk * BK;
+    const float *vT = c->vTp + ((int64_t)g * c->n_kv + b) * Dv * BK;
     memset(dKa, 0, (size_t)BK * Dk * sizeof(float));
     memset(dVa, 0, (size_t)BK * Dv * sizeof(float));
     int64_t ilo = it->i0;
@@ -868,7 +867,8 @@ static void bwd_kv_item(const bwd_ctx *c, const kv_item *it, int g, float *kT, f
     }
 }
 
-static void bwd_q_item(const bwd_ctx *c, const attn_item *it, int h, float *kT, float *vT, float *S, float *dP,
+/* first_kv: index of the kv item holding key it->k0 (the segment's first block). */
+static void bwd_q_item(const bwd_ctx *c, const attn_item *it, int64_t first_kv, int h, float *S, float *dP,
                        float *dQa) {
     const dm_attn_args *a = c->a;
     const int Dk = a->Dk, Dv = a->Dv, g = h / (a->H / a->Hkv);
@@ -879,8 +879,9 @@ static void bwd_q_item(const bwd_ctx *c, const attn_item *it, int h, float *kT, 
     memset(dQa, 0, (size_t)BQ * Dk * sizeof(float));
     for (int64_t kb = it->k0; kb < khi; kb += BK) {
         const int nk = (int)(khi - kb < BK ? khi - kb : BK);
-        pack_transposed(kT, c->k, c->ks, g, Dk, kb, nk);
-        pack_transposed(vT, c->v, c->vs, g, Dv, kb, nk);
+        const int64_t b = first_kv + (kb - it->k0) / BK;
+        const float *kT = c->kTp + ((int64_t)g * c->n_kv + b) * Dk * BK;
+        const float *vT = c->vTp + ((int64_t)g * c->n_kv + b) * Dv * BK;
         block_products(S, qh, c->qs, nq, kT, Dk);
         block_products(dP, oh, c->os, nq, vT, Dv);
         for (int64_t r = 0; r < nq; r++) {
@@ -922,17 +923,24 @@ dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout,
         n_kv += (khi - klo + BK - 1) / BK;
     }
     attn_item *qitems = dm_alloc((size_t)n_q, sizeof(attn_item), "attention backward query blocks");
-    kv_item *kitems = qitems ? dm_alloc((size_t)n_kv, sizeof(kv_item), "attention backward key blocks") : NULL;
+    int64_t *qfirst = qitems ? dm_alloc((size_t)n_q, sizeof(int64_t), "attention backward block map") : NULL;
+    kv_item *kitems = qfirst ? dm_alloc((size_t)n_kv, sizeof(kv_item), "attention backward key blocks") : NULL;
     float *D = kitems ? dm_alloc((size_t)(a->Tq * a->H), sizeof(float), "attention backward D") : NULL;
     const int nt = omp_get_max_threads();
     const size_t blk = (size_t)BK * BK, dk_b = ((size_t)BK * a->Dk + 15) / 16 * 16,
                  dv_b = ((size_t)BK * a->Dv + 15) / 16 * 16;
-    /* kT, vT, S, dP, PT, dST, dK acc, dV acc (pass B uses the first four and dK acc as dQ acc) */
-    const size_t per = 2 * (dk_b + dv_b) + 4 * blk;
+    /* per thread: S, dP, PT, dST, dK acc, dV acc (pass B: S, dP and dK acc as dQ acc) */
+    const size_t per = dk_b + dv_b + 4 * blk;
     float *scratch = D ? dm_alloc((size_t)nt * per, sizeof(float), "attention backward scratch") : NULL;
-    if (!scratch) {
+    void *p1 = NULL, *p2 = NULL;
+    int packs_owned = 0;
+    if (!scratch || !take_two(a, (size_t)a->Hkv * n_kv * (size_t)a->Dk * BK * sizeof(float),
+                              (size_t)a->Hkv * n_kv * (size_t)a->Dv * BK * sizeof(float), &p1, &p2, &packs_owned,
+                              "attention backward K/V packs")) {
+        dm_free(scratch);
         dm_free(D);
         dm_free(kitems);
+        dm_free(qfirst);
         dm_free(qitems);
         return DM_ERR_NOMEM;
     }
@@ -940,12 +948,23 @@ dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout,
     for (int64_t s = 0; s < n_seg; s++) {
         const int64_t qlo = has_seg ? a->segments[s] : 0, qhi = has_seg ? a->segments[s + 1] : a->Tq;
         const int64_t klo = has_seg ? a->segments[s] : 0, khi = has_seg ? a->segments[s + 1] : a->Tk;
-        for (int64_t r = qlo; r < qhi; r += BQ)
+        for (int64_t r = qlo; r < qhi; r += BQ) {
+            qfirst[n_q] = n_kv;
             qitems[n_q++] = (attn_item){r, r + BQ < qhi ? r + BQ : qhi, klo, khi};
+        }
         for (int64_t j = klo; j < khi; j += BK)
             kitems[n_kv++] = (kv_item){j, j + BK < khi ? j + BK : khi, qlo, qhi};
     }
-    bwd_ctx c = {dq, dk, dv, dout, q, k, v, lse, D, st[0], st[1], st[2], st[3], a};
+    float *kTp = p1, *vTp = p2;
+    bwd_ctx c = {dq, dk, dv, dout, q, k, v, lse, D, st[0], st[1], st[2], st[3], a, kTp, vTp, n_kv};
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t w = 0; w < a->Hkv * n_kv; w++) {
+        const kv_item *it = &kitems[w % n_kv];
+        const int g = (int)(w / n_kv);
+        const int nk = (int)(it->j1 - it->j0);
+        transpose_block(kTp + w * (int64_t)a->Dk * BK, k, st[1], g, a->Dk, it->j0, nk);
+        transpose_block(vTp + w * (int64_t)a->Dv * BK, v, st[2], g, a->Dv, it->j0, nk);
+    }
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < a->Tq; i++)
         for (int h = 0; h < a->H; h++) {
@@ -958,17 +977,21 @@ dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout,
     const int64_t total_kv = n_kv * a->Hkv, total_q = n_q * a->H;
 #pragma omp parallel num_threads(nt)
     {
-        float *kT = scratch + (size_t)omp_get_thread_num() * per;
-        float *vT = kT + dk_b, *S = vT + dv_b, *dP = S + blk, *PT = dP + blk, *dST = PT + blk;
-        float *dKa = dST + blk, *dVa = dKa + dk_b;
+        float *S = scratch + (size_t)omp_get_thread_num() * per;
+        float *dP = S + blk, *PT = dP + blk, *dST = PT + blk, *dKa = dST + blk, *dVa = dKa + dk_b;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t w = 0; w < total_kv; w++)
-            bwd_kv_item(&c, &kitems[w % n_kv], (int)(w / n_kv), kT, vT, S, dP, PT, dST, dKa, dVa);
+            bwd_kv_item(&c, &kitems[w % n_kv], w % n_kv, (int)(w / n_kv), S, dP, PT, dST, dKa, dVa);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t w = 0; w < total_q; w++)
-            bwd_q_item(&c, &qitems[w % n_q], (int)(w / n_q), kT, vT, S, dP, dKa);
+            bwd_q_item(&c, &qitems[w % n_q], qfirst[w % n_q], (int)(w / n_q), S, dP, dKa);
+    }
+    if (packs_owned) {
+        dm_free(p2);
+        dm_free(p1);
     }
     dm_free(scratch);
+    dm_free(qfirst);
     dm_free(D);
     dm_free(kitems);
     dm_free(qitems);
