@@ -217,7 +217,8 @@ def test_norm_param_grads_do_not_depend_on_threads(threads):
 @pytest.mark.parametrize("kind", ["gelu_tanh", "gelu"])
 def test_gelu_backward_matches_autograd(kind):
     rng = np.random.default_rng(1)
-    x = np.concatenate([np.linspace(-9, 9, 1001, dtype=np.float32), rand(rng, 999)])
+    x = np.concatenate([np.linspace(-9, 9, 1001, dtype=np.float32), rand(rng, 999),
+                        np.array([-100, -30, 30, 100], np.float32)])  # saturated ends
     dy = rand(rng, x.size)
     xt = t64(x)
     y = torch.nn.functional.gelu(xt, approximate="tanh" if kind == "gelu_tanh" else "none")
@@ -232,8 +233,9 @@ def test_gelu_backward_matches_autograd(kind):
 
 def test_swiglu_backward_matches_autograd():
     rng = np.random.default_rng(2)
-    n = 1000 + 13  # a masked AVX-512 tail
+    n = 1000 + 13  # a scalar tail after the AVX-512 blocks
     g, u, dy = rand(rng, n, scale=3.0), rand(rng, n), rand(rng, n)
+    g[:200] = np.linspace(-100, 100, 200)  # saturated sigmoid both ways
     gt, ut = t64(g), t64(u)
     y = torch.nn.functional.silu(gt) * ut
     check(_core.op_swiglu_forward(g, u), y, "forward")
@@ -241,6 +243,11 @@ def test_swiglu_backward_matches_autograd():
     dg, du = _core.op_swiglu_backward(dy, g, u)
     check(dg, gg, "dgate")
     check(du, gu, "dup")
+    dg0, du0 = rand(rng, n), rand(rng, n)
+    ref_g, ref_u = dg0.astype(np.float64) + gg.numpy(), du0.astype(np.float64) + gu.numpy()
+    _core.op_swiglu_backward(dy, g, u, dgate=dg0, dup=du0)
+    check(dg0, ref_g, "dgate +=")
+    check(du0, ref_u, "dup +=")
 
 
 # ---------------------------------------------------------------- rope
