@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 EXT := $(shell $(PY) -c "import sysconfig; print('densemllm/_core' + sysconfig.get_config_var('EXT_SUFFIX'))")
 
-.PHONY: build test asan-test dev-check fuzz
+.PHONY: build test asan-test dev-check fuzz portable-test
 # The build requirements must be in the venv (pip builds in an isolated environment,
 # so they are not there after a plain install): the README's test install adds them
 # through the `dev` extra.
@@ -60,3 +60,15 @@ fuzz: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 	  grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::|ERROR|SUMMARY|artifact' build/fuzz/fuzz_$$t.log; \
 	  test $$rc = 0; \
 	done
+
+# The portable build (DENSEMLLM_PORTABLE=1: -march=x86-64-v3, no AVX-512) in build/portable,
+# a copy of the package beside it, and tests run against it: exercises the C fallbacks
+# of the AVX-512 kernels on a machine that has AVX-512. PORTABLE_TESTS picks the files.
+PORTABLE_TESTS ?= tests
+portable-test: dev-check
+	rm -rf build/portable && mkdir -p build/portable/pkg
+	DENSEMLLM_PORTABLE=1 $(PY) setup.py -q build_ext --build-lib build/portable/lib --build-temp build/portable/tmp
+	cp -r densemllm build/portable/pkg/ && rm -f build/portable/pkg/densemllm/_core*.so
+	cp build/portable/lib/$(EXT) build/portable/pkg/$(EXT)
+	cd build/portable/pkg && $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
+	  $(addprefix $(CURDIR)/,$(PORTABLE_TESTS))
