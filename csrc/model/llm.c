@@ -8,58 +8,27 @@
 
 #include "core/alloc.h"
 #include "io/safetensors.h"
+#include "model/params.h"
 #include "ops/attention.h"
 #include "ops/norm.h"
 #include "ops/swiglu.h"
 
-static const char *const llm_prefixes[] = {"model.", NULL};
-static const char *const root_prefixes[] = {"", NULL};
+const char *const dm_llm_prefixes[] = {"model.", NULL};
+const char *const dm_root_prefixes[] = {"", NULL};
 
 /* ---- construction ------------------------------------------------------- */
 
-static dm_status find_w(const dm_checkpoint *c, const char *const *pre, const char *name, int ndim,
-                        int64_t d0, int64_t d1, dm_tensor *v) {
-    int64_t shape[2] = {d0, d1};
-    return dm_checkpoint_weight(c, pre, name, ndim, shape, v);
-}
-
-static dm_status norm_w(const dm_checkpoint *c, const char *name, int64_t n, float **out) {
-    dm_tensor v;
-    DM_TRY(find_w(c, llm_prefixes, name, 1, n, 0, &v));
-    float *w = dm_alloc((size_t)n, sizeof(float), "rmsnorm weight");
-    if (!w) return DM_ERR_NOMEM;
-    dm_status s = dm_tensor_to_f32(&v, w);
-    if (s != DM_OK) {
-        dm_free(w);
-        return s;
-    }
-    *out = w;
-    return DM_OK;
-}
-
 void dm_llm_free(dm_llm *m) {
     if (!m) return;
-    if (m->layers) {
-        for (int64_t i = 0; i < m->cfg.n_layers; i++) {
-            dm_llm_layer *L = &m->layers[i];
-            dm_free(L->in_norm);
-            dm_free(L->post_norm);
-            dm_free(L->q_a_norm);
-            dm_free(L->kv_a_norm);
-        }
-        free(m->layers);
-    }
-    dm_free(m->final_norm);
+    free(m->layers);
+    dm_free(m->small);
     dm_free(m->inv_freq);
     free(m);
 }
 
 static int is_float_dtype(dm_dtype t) { return t == DM_F32 || t == DM_BF16 || t == DM_F16; }
 
-dm_status dm_llm_create(const dm_checkpoint *c, const dm_llm_config *cfg, dm_backend backend,
-                        dm_llm **out) {
-    *out = NULL;
-    const dm_llm_config *k = cfg;
+static dm_status llm_check_config(const dm_llm_config *k) {
     if (k->vocab <= 0 || k->hidden <= 0 || k->inter <= 0 || k->n_layers <= 0 || k->n_heads <= 0 ||
         k->kv_lora <= 0 || k->nope < 0 || k->rope <= 0 || k->vdim <= 0 || k->max_pos <= 0 || k->q_lora < 0)
         return dm_fail(DM_ERR_VALUE, "llm config: sizes must be positive");
@@ -67,96 +36,152 @@ dm_status dm_llm_create(const dm_checkpoint *c, const dm_llm_config *cfg, dm_bac
     if (k->n_kv_heads <= 0 || k->n_heads % k->n_kv_heads)
         return dm_fail(DM_ERR_VALUE, "llm config: num_attention_heads %lld not a multiple of num_key_value_heads %lld",
                        (long long)k->n_heads, (long long)k->n_kv_heads);
+    return DM_OK;
+}
+
+/* Floats of m->small: the widened RMSNorm vectors. */
+static int64_t llm_small_floats(const dm_llm_config *k) {
+    return k->n_layers * (2 * k->hidden + k->q_lora + k->kv_lora) + k->hidden;
+}
+
+dm_status dm_llm_kv_groups(const dm_checkpoint *c, const dm_llm_config *k, int64_t *groups) {
+    /* kv_b decides how many distinct key/value heads exist: transformers' Youtu
+     * (and DeepSeek) give every query head its own k_nope/v (rows H*(nope+v));
+     * a checkpoint with rows n_kv_heads*(nope+v) shares each among H/n_kv heads. */
+    DM_TRY(llm_check_config(k));
+    const char *name = "layers.0.self_attn.kv_b_proj.weight";
+    int64_t rows_full = k->n_heads * (k->nope + k->vdim), rows_gqa = k->n_kv_heads * (k->nope + k->vdim);
+    if (dm_checkpoint_weight(c, dm_llm_prefixes, name, 2, (int64_t[]){rows_full, k->kv_lora}, NULL) == DM_OK) {
+        *groups = k->n_heads;
+        return DM_OK;
+    }
+    DM_TRY(dm_checkpoint_weight(c, dm_llm_prefixes, name, 2, (int64_t[]){rows_gqa, k->kv_lora}, NULL));
+    *groups = k->n_kv_heads;
+    return DM_OK;
+}
+
+dm_status dm_llm_params(const dm_llm_config *k, int64_t kv_groups, dm_llm *m, dm_param_bind_fn bind, void *ctx) {
+    DM_TRY(llm_check_config(k));
+    if (kv_groups <= 0 || k->n_heads % kv_groups)
+        return dm_fail(DM_ERR_VALUE, "llm: %lld key/value groups do not divide %lld heads", (long long)kv_groups,
+                       (long long)k->n_heads);
+    const int64_t H = k->n_heads, qk = k->nope + k->rope, D = k->hidden;
+    float *sp = m ? m->small : NULL;
+    char name[160];
+#define NAME(...) snprintf(name, sizeof name, __VA_ARGS__)
+#define MAT(pre, field, rows, cols)                                                                 \
+    do {                                                                                           \
+        dm_param_slot s_ = {pre, name, (cols) > 0 ? 2 : 1, {rows, cols}, m ? &(field) : NULL, NULL, NULL}; \
+        DM_TRY(bind(ctx, &s_));                                                                    \
+    } while (0)
+#define VEC(field, n)                                                                         \
+    do {                                                                                     \
+        dm_param_slot s_ = {dm_llm_prefixes, name, 1, {n, 0}, NULL, m ? &(field) : NULL, sp}; \
+        DM_TRY(bind(ctx, &s_));                                                              \
+        if (sp) sp += (n);                                                                   \
+    } while (0)
+    NAME("embed_tokens.weight");
+    MAT(dm_llm_prefixes, m->embed, k->vocab, D);
+    for (int64_t i = 0; i < k->n_layers; i++) {
+        dm_llm_layer *L = m ? &m->layers[i] : NULL;
+        const long long li = (long long)i;
+        NAME("layers.%lld.input_layernorm.weight", li);
+        VEC(L->in_norm, D);
+        NAME("layers.%lld.post_attention_layernorm.weight", li);
+        VEC(L->post_norm, D);
+        if (k->q_lora) {
+            NAME("layers.%lld.self_attn.q_a_proj.weight", li);
+            MAT(dm_llm_prefixes, L->q_a, k->q_lora, D);
+            if (k->attention_bias) {
+                NAME("layers.%lld.self_attn.q_a_proj.bias", li);
+                MAT(dm_llm_prefixes, L->q_a_bias, k->q_lora, 0);
+            }
+            NAME("layers.%lld.self_attn.q_a_layernorm.weight", li);
+            VEC(L->q_a_norm, k->q_lora);
+            NAME("layers.%lld.self_attn.q_b_proj.weight", li);
+            MAT(dm_llm_prefixes, L->q_b, H * qk, k->q_lora);
+        } else {
+            NAME("layers.%lld.self_attn.q_proj.weight", li);
+            MAT(dm_llm_prefixes, L->q_proj, H * qk, D);
+        }
+        NAME("layers.%lld.self_attn.kv_a_proj_with_mqa.weight", li);
+        MAT(dm_llm_prefixes, L->kv_a, k->kv_lora + k->rope, D);
+        if (k->attention_bias) {
+            NAME("layers.%lld.self_attn.kv_a_proj_with_mqa.bias", li);
+            MAT(dm_llm_prefixes, L->kv_a_bias, k->kv_lora + k->rope, 0);
+        }
+        NAME("layers.%lld.self_attn.kv_a_layernorm.weight", li);
+        VEC(L->kv_a_norm, k->kv_lora);
+        NAME("layers.%lld.self_attn.kv_b_proj.weight", li);
+        MAT(dm_llm_prefixes, L->kv_b, kv_groups * (k->nope + k->vdim), k->kv_lora);
+        NAME("layers.%lld.self_attn.o_proj.weight", li);
+        MAT(dm_llm_prefixes, L->o, D, H * k->vdim);
+        if (k->attention_bias) {
+            NAME("layers.%lld.self_attn.o_proj.bias", li);
+            MAT(dm_llm_prefixes, L->o_bias, D, 0);
+        }
+        NAME("layers.%lld.mlp.gate_proj.weight", li);
+        MAT(dm_llm_prefixes, L->gate, k->inter, D);
+        NAME("layers.%lld.mlp.up_proj.weight", li);
+        MAT(dm_llm_prefixes, L->up, k->inter, D);
+        NAME("layers.%lld.mlp.down_proj.weight", li);
+        MAT(dm_llm_prefixes, L->down, D, k->inter);
+    }
+    NAME("norm.weight");
+    VEC(m->final_norm, D);
+    if (!k->tied) {
+        NAME("lm_head.weight");
+        MAT(dm_root_prefixes, m->head, k->vocab, D);
+    }
+#undef NAME
+#undef MAT
+#undef VEC
+    return DM_OK;
+}
+
+dm_status dm_llm_create_bound(const dm_llm_config *k, int64_t kv_groups, dm_backend backend,
+                              dm_param_bind_fn bind, void *ctx, dm_llm **out) {
+    *out = NULL;
+    DM_TRY(llm_check_config(k));
     dm_llm *m = calloc(1, sizeof *m);
     if (!m) return dm_fail(DM_ERR_NOMEM, "llm: out of memory");
-    m->cfg = *cfg;
+    m->cfg = *k;
     m->backend = backend;
+    m->kv_groups = kv_groups;
     m->layers = calloc((size_t)k->n_layers, sizeof *m->layers);
+    m->small = dm_alloc((size_t)llm_small_floats(k), sizeof(float), "rmsnorm weights");
+    m->inv_freq = dm_alloc((size_t)(k->rope / 2), sizeof(float), "rope inv_freq");
     dm_status s = DM_OK;
-    if (!m->layers) {
+    if (!m->layers || !m->small || !m->inv_freq) {
         s = dm_fail(DM_ERR_NOMEM, "llm: out of memory");
         goto fail;
     }
-    const int64_t H = k->n_heads, qk = k->nope + k->rope, H_ = k->hidden;
-    if ((s = find_w(c, llm_prefixes, "embed_tokens.weight", 2, k->vocab, H_, &m->embed))) goto fail;
-    if (k->tied) {
-        m->head = m->embed;
-    } else if ((s = find_w(c, root_prefixes, "lm_head.weight", 2, k->vocab, H_, &m->head))) {
-        goto fail;
-    }
+    if ((s = dm_llm_params(k, kv_groups, m, bind, ctx))) goto fail;
+    if (k->tied) m->head = m->embed;
     if (!is_float_dtype(m->embed.dtype)) {
         s = dm_fail(DM_ERR_TYPE, "embed_tokens.weight: dtype %s is not a float type", dm_dtype_name(m->embed.dtype));
         goto fail;
     }
-    if ((s = norm_w(c, "norm.weight", H_, &m->final_norm))) goto fail;
-    /* kv_b decides how many distinct key/value heads exist: transformers' Youtu
-     * (and DeepSeek) give every query head its own k_nope/v (rows H*(nope+v));
-     * a checkpoint with rows n_kv_heads*(nope+v) shares each among H/n_kv heads. */
-    {
-        char name[128];
-        dm_tensor kvb;
-        snprintf(name, sizeof name, "layers.0.self_attn.kv_b_proj.weight");
-        int64_t rows_full = H * (k->nope + k->vdim), rows_gqa = k->n_kv_heads * (k->nope + k->vdim);
-        if (dm_checkpoint_weight(c, llm_prefixes, name, 2, (int64_t[]){rows_full, k->kv_lora}, &kvb) == DM_OK) {
-            m->kv_groups = H;
-        } else if ((s = find_w(c, llm_prefixes, name, 2, rows_gqa, k->kv_lora, &kvb))) {
-            goto fail;
-        } else {
-            m->kv_groups = k->n_kv_heads;
-        }
-    }
-    for (int64_t i = 0; i < k->n_layers; i++) {
-        dm_llm_layer *L = &m->layers[i];
-        char name[160];
-#define W(field, nm, d0, d1)                                                            \
-    do {                                                                                \
-        snprintf(name, sizeof name, "layers.%lld." nm, (long long)i);                   \
-        if ((s = find_w(c, llm_prefixes, name, ((d1) != 0) ? 2 : 1, d0, d1, &L->field))) goto fail; \
-    } while (0)
-#define N(field, nm, n)                                                                 \
-    do {                                                                                \
-        snprintf(name, sizeof name, "layers.%lld." nm, (long long)i);                   \
-        if ((s = norm_w(c, name, n, &L->field))) goto fail;                             \
-    } while (0)
-        N(in_norm, "input_layernorm.weight", H_);
-        N(post_norm, "post_attention_layernorm.weight", H_);
-        if (k->q_lora) {
-            W(q_a, "self_attn.q_a_proj.weight", k->q_lora, H_);
-            if (k->attention_bias) W(q_a_bias, "self_attn.q_a_proj.bias", k->q_lora, 0);
-            N(q_a_norm, "self_attn.q_a_layernorm.weight", k->q_lora);
-            W(q_b, "self_attn.q_b_proj.weight", H * qk, k->q_lora);
-        } else {
-            W(q_proj, "self_attn.q_proj.weight", H * qk, H_);
-        }
-        W(kv_a, "self_attn.kv_a_proj_with_mqa.weight", k->kv_lora + k->rope, H_);
-        if (k->attention_bias) W(kv_a_bias, "self_attn.kv_a_proj_with_mqa.bias", k->kv_lora + k->rope, 0);
-        N(kv_a_norm, "self_attn.kv_a_layernorm.weight", k->kv_lora);
-        W(kv_b, "self_attn.kv_b_proj.weight", m->kv_groups * (k->nope + k->vdim), k->kv_lora);
-        W(o, "self_attn.o_proj.weight", H_, H * k->vdim);
-        if (k->attention_bias) W(o_bias, "self_attn.o_proj.bias", H_, 0);
-        W(gate, "mlp.gate_proj.weight", k->inter, H_);
-        W(up, "mlp.up_proj.weight", k->inter, H_);
-        W(down, "mlp.down_proj.weight", H_, k->inter);
-#undef W
-#undef N
-        if (!is_float_dtype(L->kv_b.dtype)) {
+    for (int64_t i = 0; i < k->n_layers; i++)
+        if (!is_float_dtype(m->layers[i].kv_b.dtype)) {
             s = dm_fail(DM_ERR_TYPE, "layer %lld kv_b_proj: dtype %s is not a float type", (long long)i,
-                        dm_dtype_name(L->kv_b.dtype));
+                        dm_dtype_name(m->layers[i].kv_b.dtype));
             goto fail;
         }
-    }
-    m->inv_freq = dm_alloc((size_t)(k->rope / 2), sizeof(float), "rope inv_freq");
-    if (!m->inv_freq) {
-        s = DM_ERR_NOMEM;
-        goto fail;
-    }
     if ((s = rope1d_init(&k->rope_params, (int)k->rope, m->inv_freq, &m->attn_factor))) goto fail;
-    m->scale = rope1d_softmax_scale(&k->rope_params, (int)qk);
+    m->scale = rope1d_softmax_scale(&k->rope_params, (int)(k->nope + k->rope));
     *out = m;
     return DM_OK;
 fail:
     dm_llm_free(m);
     return s;
+}
+
+dm_status dm_llm_create(const dm_checkpoint *c, const dm_llm_config *cfg, dm_backend backend, dm_llm **out) {
+    *out = NULL;
+    int64_t groups;
+    DM_TRY(dm_llm_kv_groups(c, cfg, &groups));
+    return dm_llm_create_bound(cfg, groups, backend, dm_param_bind_checkpoint, (void *)c, out);
 }
 
 int64_t dm_llm_kv_floats_per_token(const dm_llm *m) {

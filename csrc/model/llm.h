@@ -22,6 +22,7 @@
 #include "backend/matmul.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "model/params.h"
 #include "ops/rope.h"
 
 struct dm_checkpoint;
@@ -39,7 +40,7 @@ typedef struct {
 
 typedef struct {
     dm_tensor q_a, q_a_bias, q_b, q_proj, kv_a, kv_a_bias, kv_b, o, o_bias, gate, up, down;
-    float *in_norm, *post_norm, *q_a_norm, *kv_a_norm; /* owned f32 copies */
+    float *in_norm, *post_norm, *q_a_norm, *kv_a_norm; /* f32 (in dm_llm.small or the training masters) */
 } dm_llm_layer;
 
 enum { DM_ATTN_AUTO = 0, DM_ATTN_EXPANDED = 1, DM_ATTN_ABSORBED = 2 };
@@ -51,6 +52,7 @@ typedef struct dm_llm {
     dm_tensor embed, head;
     float *final_norm;
     dm_llm_layer *layers;
+    float *small; /* the widened norm vectors (inference binding) */
     float *inv_freq;
     float attn_factor, scale;
     int attn_mode; /* DM_ATTN_*: test/benchmark switch, AUTO picks by cost */
@@ -61,6 +63,22 @@ typedef struct dm_llm {
 dm_status dm_llm_create(const struct dm_checkpoint *c, const dm_llm_config *cfg, dm_backend backend,
                         dm_llm **out);
 void dm_llm_free(dm_llm *m);
+
+extern const char *const dm_llm_prefixes[]; /* "model." */
+extern const char *const dm_root_prefixes[]; /* "" (lm_head.weight) */
+
+/* Key/value head groups kv_b_proj has in this checkpoint (n_heads, or
+ * n_kv_heads for a shared-kv checkpoint). */
+dm_status dm_llm_kv_groups(const struct dm_checkpoint *c, const dm_llm_config *cfg, int64_t *groups);
+
+/* Every weight of the decoder as a slot (params.h) in one fixed order; m NULL
+ * lists them without a model. A tied head has no slot (it is the embedding). */
+dm_status dm_llm_params(const dm_llm_config *cfg, int64_t kv_groups, dm_llm *m, dm_param_bind_fn bind,
+                        void *ctx);
+
+/* dm_llm_create with any binder (the training table binds its f32 masters). */
+dm_status dm_llm_create_bound(const dm_llm_config *cfg, int64_t kv_groups, dm_backend backend,
+                              dm_param_bind_fn bind, void *ctx, dm_llm **out);
 
 /* Floats of KV cache per token (all layers). */
 int64_t dm_llm_kv_floats_per_token(const dm_llm *m);

@@ -12,6 +12,7 @@
 
 #include "core/alloc.h"
 #include "io/safetensors.h"
+#include "model/params.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/norm.h"
@@ -80,27 +81,10 @@ dm_status vision_preprocess(float *patches, const uint8_t *img, int64_t H, int64
 
 /* ---------------- weights ---------------- */
 
-static const char *const vis_prefixes[] = {"siglip2.vision_model.", "vision_model.", NULL};
-static const char *const merger_prefixes[] = {"merger.", "vision_model.merger.", NULL};
+const char *const dm_vision_prefixes[] = {"siglip2.vision_model.", "vision_model.", NULL};
+const char *const dm_merger_prefixes[] = {"merger.", "vision_model.merger.", NULL};
 
-static dm_status get_w(const dm_checkpoint *ck, const char *const *pre, const char *name, int64_t n,
-                       int64_t k, dm_tensor *out) {
-    int64_t shape[2] = {n, k};
-    return dm_checkpoint_weight(ck, pre, name, k > 0 ? 2 : 1, shape, out);
-}
-
-/* A small vector widened to f32 into `dst`. */
-static dm_status get_vec(const dm_checkpoint *ck, const char *const *pre, const char *name, int64_t n,
-                         float *dst) {
-    dm_tensor t;
-    DM_TRY(get_w(ck, pre, name, n, 0, &t));
-    return dm_tensor_to_f32(&t, dst);
-}
-
-dm_status vision_create(const dm_checkpoint *ck, const dm_vision_config *cfg, dm_backend backend,
-                        dm_vision **out) {
-    *out = NULL;
-    const dm_vision_config *c = cfg;
+static dm_status vision_check_config(const dm_vision_config *c) {
     if (c->hidden <= 0 || c->heads <= 0 || c->ffn <= 0 || c->layers <= 0 || c->patch <= 0 ||
         c->channels <= 0 || c->merge <= 0 || c->out_hidden <= 0)
         return dm_fail(DM_ERR_VALUE, "vision config: sizes must be positive");
@@ -116,65 +100,108 @@ dm_status vision_create(const dm_checkpoint *ck, const dm_vision_config *cfg, dm
                        (long long)c->window_size, (long long)(c->merge * c->patch));
     if (!(c->ln_eps > 0) || !(c->merger_eps > 0) || !(c->rope_theta > 0))
         return dm_fail(DM_ERR_VALUE, "vision config: eps and rope theta must be positive");
+    return DM_OK;
+}
+
+/* Floats of v->small: the widened norm vectors. */
+static int64_t vision_small_floats(const dm_vision_config *c) { return (4 * c->layers + 3) * c->hidden; }
+
+dm_status vision_params(const dm_vision_config *c, dm_vision *v, dm_param_bind_fn bind, void *ctx) {
+    DM_TRY(vision_check_config(c));
+    const int64_t D = c->hidden, F = c->ffn, L = c->layers, PD = c->channels * c->patch * c->patch;
+    const int64_t Dm = c->merge * c->merge * D;
+    float *sp = v ? v->small : NULL;
+    char name[160];
+    /* a matrix (cols > 0) or bias (cols == 0) bound as a view */
+#define MAT(pre, field, rows, cols)                                                                   \
+    do {                                                                                             \
+        dm_param_slot s_ = {pre, name, (cols) > 0 ? 2 : 1, {rows, cols}, v ? &(field) : NULL, NULL, NULL}; \
+        DM_TRY(bind(ctx, &s_));                                                                      \
+    } while (0)
+    /* a norm vector of D floats, widened into v->small */
+#define VEC(pre, field)                                                                \
+    do {                                                                              \
+        dm_param_slot s_ = {pre, name, 1, {D, 0}, NULL, v ? &(field) : NULL, sp};     \
+        DM_TRY(bind(ctx, &s_));                                                       \
+        if (sp) sp += D;                                                              \
+    } while (0)
+#define NAME(...) snprintf(name, sizeof name, __VA_ARGS__)
+    NAME("embeddings.patch_embedding.weight");
+    MAT(dm_vision_prefixes, v->patch_w, D, PD);
+    NAME("embeddings.patch_embedding.bias");
+    MAT(dm_vision_prefixes, v->patch_b, D, 0);
+    for (int64_t i = 0; i < L; i++) {
+        dm_vision_layer *l = v ? &v->layers[i] : NULL;
+        const char *p = "encoder.layers";
+        long long li = (long long)i;
+        NAME("%s.%lld.layer_norm1.weight", p, li);
+        VEC(dm_vision_prefixes, l->ln1_w);
+        NAME("%s.%lld.layer_norm1.bias", p, li);
+        VEC(dm_vision_prefixes, l->ln1_b);
+        NAME("%s.%lld.layer_norm2.weight", p, li);
+        VEC(dm_vision_prefixes, l->ln2_w);
+        NAME("%s.%lld.layer_norm2.bias", p, li);
+        VEC(dm_vision_prefixes, l->ln2_b);
+        struct { const char *n; int64_t rows, cols; dm_tensor *t; } ws[] = {
+            {"self_attn.q_proj.weight", D, D, l ? &l->q : NULL},   {"self_attn.q_proj.bias", D, 0, l ? &l->qb : NULL},
+            {"self_attn.k_proj.weight", D, D, l ? &l->k : NULL},   {"self_attn.k_proj.bias", D, 0, l ? &l->kb : NULL},
+            {"self_attn.v_proj.weight", D, D, l ? &l->v : NULL},   {"self_attn.v_proj.bias", D, 0, l ? &l->vb : NULL},
+            {"self_attn.out_proj.weight", D, D, l ? &l->o : NULL}, {"self_attn.out_proj.bias", D, 0, l ? &l->ob : NULL},
+            {"mlp.fc1.weight", F, D, l ? &l->fc1 : NULL},          {"mlp.fc1.bias", F, 0, l ? &l->fc1b : NULL},
+            {"mlp.fc2.weight", D, F, l ? &l->fc2 : NULL},          {"mlp.fc2.bias", D, 0, l ? &l->fc2b : NULL},
+        };
+        for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) {
+            NAME("%s.%lld.%s", p, li, ws[j].n);
+            dm_param_slot s_ = {dm_vision_prefixes, name, ws[j].cols > 0 ? 2 : 1, {ws[j].rows, ws[j].cols},
+                                ws[j].t, NULL, NULL};
+            DM_TRY(bind(ctx, &s_));
+        }
+    }
+    NAME("post_layernorm.weight");
+    VEC(dm_vision_prefixes, v->post_ln_w);
+    NAME("post_layernorm.bias");
+    VEC(dm_vision_prefixes, v->post_ln_b);
+    /* merger: RMSNorm per patch, merge^2 concat, Linear -> GELU -> Linear */
+    NAME("ln_q.weight");
+    VEC(dm_merger_prefixes, v->mln_w);
+    NAME("mlp.0.weight");
+    MAT(dm_merger_prefixes, v->m0, Dm, Dm);
+    NAME("mlp.0.bias");
+    MAT(dm_merger_prefixes, v->m0b, Dm, 0);
+    NAME("mlp.2.weight");
+    MAT(dm_merger_prefixes, v->m2, c->out_hidden, Dm);
+    NAME("mlp.2.bias");
+    MAT(dm_merger_prefixes, v->m2b, c->out_hidden, 0);
+#undef MAT
+#undef VEC
+#undef NAME
+    return DM_OK;
+}
+
+dm_status vision_create_bound(const dm_vision_config *c, dm_backend backend, dm_param_bind_fn bind, void *ctx,
+                              dm_vision **out) {
+    *out = NULL;
+    DM_TRY(vision_check_config(c));
     dm_vision *v = dm_calloc(1, sizeof *v, "vision tower");
     if (!v) return DM_ERR_NOMEM;
     v->cfg = *c;
     v->backend = backend;
     pthread_mutex_init(&v->lock, NULL);
-    const int64_t D = c->hidden, F = c->ffn, L = c->layers, PD = c->channels * c->patch * c->patch;
-    const int64_t Dm = c->merge * c->merge * D;
-    v->layers = dm_calloc((size_t)L, sizeof(dm_vision_layer), "vision layers");
-    v->small = dm_alloc((size_t)(4 * L + 3) * (size_t)D, sizeof(float), "vision norm weights");
+    v->layers = dm_calloc((size_t)c->layers, sizeof(dm_vision_layer), "vision layers");
+    v->small = dm_alloc((size_t)vision_small_floats(c), sizeof(float), "vision norm weights");
     dm_status st = DM_ERR_NOMEM;
-    if (!v->layers || !v->small) goto fail;
-    float *sp = v->small;
-    char name[160];
-#define TRY(e)                        \
-    do {                              \
-        if ((st = (e)) != DM_OK) goto fail; \
-    } while (0)
-    TRY(get_w(ck, vis_prefixes, "embeddings.patch_embedding.weight", D, PD, &v->patch_w));
-    TRY(get_w(ck, vis_prefixes, "embeddings.patch_embedding.bias", D, 0, &v->patch_b));
-    for (int64_t i = 0; i < L; i++) {
-        dm_vision_layer *l = &v->layers[i];
-        struct { const char *n; int64_t rows, cols; dm_tensor *t; } ws[] = {
-            {"self_attn.q_proj.weight", D, D, &l->q},   {"self_attn.q_proj.bias", D, 0, &l->qb},
-            {"self_attn.k_proj.weight", D, D, &l->k},   {"self_attn.k_proj.bias", D, 0, &l->kb},
-            {"self_attn.v_proj.weight", D, D, &l->v},   {"self_attn.v_proj.bias", D, 0, &l->vb},
-            {"self_attn.out_proj.weight", D, D, &l->o}, {"self_attn.out_proj.bias", D, 0, &l->ob},
-            {"mlp.fc1.weight", F, D, &l->fc1},          {"mlp.fc1.bias", F, 0, &l->fc1b},
-            {"mlp.fc2.weight", D, F, &l->fc2},          {"mlp.fc2.bias", D, 0, &l->fc2b},
-        };
-        for (size_t j = 0; j < sizeof ws / sizeof ws[0]; j++) {
-            snprintf(name, sizeof name, "encoder.layers.%lld.%s", (long long)i, ws[j].n);
-            TRY(get_w(ck, vis_prefixes, name, ws[j].rows, ws[j].cols, ws[j].t));
-        }
-        float **vecs[4] = {&l->ln1_w, &l->ln1_b, &l->ln2_w, &l->ln2_b};
-        const char *vn[4] = {"layer_norm1.weight", "layer_norm1.bias", "layer_norm2.weight",
-                             "layer_norm2.bias"};
-        for (int j = 0; j < 4; j++) {
-            *vecs[j] = sp;
-            sp += D;
-            snprintf(name, sizeof name, "encoder.layers.%lld.%s", (long long)i, vn[j]);
-            TRY(get_vec(ck, vis_prefixes, name, D, *vecs[j]));
-        }
+    if (v->layers && v->small) st = vision_params(c, v, bind, ctx);
+    if (st != DM_OK) {
+        vision_destroy(v);
+        return st;
     }
-    v->post_ln_w = sp, sp += D;
-    v->post_ln_b = sp, sp += D;
-    v->mln_w = sp, sp += D;
-    TRY(get_vec(ck, vis_prefixes, "post_layernorm.weight", D, v->post_ln_w));
-    TRY(get_vec(ck, vis_prefixes, "post_layernorm.bias", D, v->post_ln_b));
-    TRY(get_vec(ck, merger_prefixes, "ln_q.weight", D, v->mln_w));
-    TRY(get_w(ck, merger_prefixes, "mlp.0.weight", Dm, Dm, &v->m0));
-    TRY(get_w(ck, merger_prefixes, "mlp.0.bias", Dm, 0, &v->m0b));
-    TRY(get_w(ck, merger_prefixes, "mlp.2.weight", c->out_hidden, Dm, &v->m2));
-    TRY(get_w(ck, merger_prefixes, "mlp.2.bias", c->out_hidden, 0, &v->m2b));
-#undef TRY
     *out = v;
     return DM_OK;
-fail:
-    vision_destroy(v);
-    return st;
+}
+
+dm_status vision_create(const dm_checkpoint *ck, const dm_vision_config *cfg, dm_backend backend,
+                        dm_vision **out) {
+    return vision_create_bound(cfg, backend, dm_param_bind_checkpoint, (void *)ck, out);
 }
 
 void vision_destroy(dm_vision *v) {

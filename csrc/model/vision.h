@@ -10,6 +10,7 @@
 #include "core/alloc.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "model/params.h"
 
 struct dm_checkpoint;
 
@@ -69,6 +70,18 @@ typedef struct dm_vision {
 dm_status vision_create(const struct dm_checkpoint *ck, const dm_vision_config *cfg,
                         dm_backend backend, dm_vision **out);
 void vision_destroy(dm_vision *v);
+
+/* Prefix alternatives of the tower's and the merger's checkpoint names. */
+extern const char *const dm_vision_prefixes[];
+extern const char *const dm_merger_prefixes[];
+
+/* Every weight of the tower and merger as a slot (params.h), in one fixed
+ * order; v NULL lists them without a model (the config is validated). */
+dm_status vision_params(const dm_vision_config *cfg, dm_vision *v, dm_param_bind_fn bind, void *ctx);
+
+/* vision_create with any binder (the training table binds its f32 masters). */
+dm_status vision_create_bound(const dm_vision_config *cfg, dm_backend backend, dm_param_bind_fn bind,
+                              void *ctx, dm_vision **out);
 
 /* patches f32 [gh*gw, C*patch^2] (merge-block order) -> out f32
  * [gh/merge * gw/merge, out_hidden] row-major over the merged grid. */
