@@ -1,5 +1,5 @@
 """NTP-M, the multi-label next-token loss for vision tokens (paper Sec. 3.2), and the
-ablation losses of the paper's Tables 3-4. The work is done in C (csrc/dense/ntpm.c);
+ablation losses of the paper's Tables 3-4. The work is done in C (csrc/train/ntpm.c);
 this module only turns the user's sparse targets into CSR arrays. Exact definitions,
 tie-break and edge cases: docs/ntpm.md."""
 import operator

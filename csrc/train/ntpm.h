@@ -5,8 +5,8 @@
  * Targets are sparse: per token a CSR list of positive ids, and a validity set
  * that is all ids, one [V] mask shared by all tokens, or a CSR id list per token.
  * No dense [L, V] target is ever built; the gradient is the only [L, V] output. */
-#ifndef DM_DENSE_NTPM_H
-#define DM_DENSE_NTPM_H
+#ifndef DM_TRAIN_NTPM_H
+#define DM_TRAIN_NTPM_H
 
 #include <stdint.h>
 

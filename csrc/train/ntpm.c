@@ -12,7 +12,7 @@
  *   full-scan ablations use float32 exp/log1p per id (sp_sig_f; 16 ids at a time with
  *   libmvec on AVX-512 when the valid set is a whole row); token losses are summed in
  *   double in token order, so results do not depend on threads. */
-#include "dense/ntpm.h"
+#include "train/ntpm.h"
 
 #include <immintrin.h>
 #include <math.h>
