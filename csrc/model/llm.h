@@ -94,6 +94,42 @@ dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t po
 dm_status dm_llm_embed(const dm_llm *m, const int64_t *ids, int64_t T, const float *vision,
                        int64_t n_vision, float *x);
 
+/* ---- training: saved activations, forward that fills them, backward ----
+ * Per layer, what its backward needs (T tokens, D hidden, H heads, G kv groups,
+ * C kv_lora, R rope, qk = nope + R, nv = nope + v, I inter, ql q_lora), floats:
+ *   x_in, h1, x_mid, h2: 4 T D; rstd1/2, kv_rstd(, qa_rstd): 3-4 T;
+ *   qa, qa_n: 2 T ql; q: T H qk; ckv, kv: 2 T (C+R); lat: T C;
+ *   kvx: T G nv; K: T G qk; V: T G v; ao: T H v; lse: T H; g, u, s: 3 T I.
+ * Checkpointing keeps x_in per layer and one shared set, refilled in the
+ * backward by re-running the layer from x_in. */
+typedef struct {
+    float *x_in, *h1, *rstd1, *qa, *qa_n, *qa_rstd, *q, *ckv, *kv, *kv_rstd, *lat, *kvx, *K, *V, *ao, *lse;
+    float *x_mid, *h2, *rstd2, *g, *u, *s;
+} dm_llm_layer_acts;
+
+typedef struct {
+    int64_t T;
+    int checkpointing;
+    dm_llm_layer_acts *layers;
+    float *x_final, *rstd_final; /* input of the final norm, its rstd */
+    void *block;
+    size_t bytes;
+} dm_llm_acts;
+
+size_t dm_llm_acts_bytes(const dm_llm *m, int64_t T, int checkpointing);
+dm_status dm_llm_acts_init(dm_llm_acts *a, const dm_llm *m, int64_t T, int checkpointing);
+void dm_llm_acts_free(dm_llm_acts *a);
+
+/* The decoder over a whole sequence (positions 0..T-1, causal, no cache kept)
+ * through the inference layer code, filling a: x [T, hidden] embeddings in
+ * (overwritten), h_final [T, hidden] final normalised hidden states out. */
+dm_status dm_llm_forward_train(const dm_llm *m, float *x, dm_llm_acts *a, float *h_final);
+
+/* Backward from dh_final [T, hidden]: parameter gradients added into P (the
+ * model bound by dm_params_bind), dx [T, hidden] = d(loss)/d(input embeddings)
+ * (overwritten). */
+dm_status dm_llm_backward(const dm_llm *m, const dm_params *P, dm_llm_acts *a, const float *dh_final, float *dx);
+
 /* logits[M, vocab] = head(x[M, hidden]) (x already final-normalised). */
 dm_status dm_llm_head(const dm_llm *m, const float *x, int64_t M, float *logits);
 
