@@ -54,5 +54,6 @@ int dm_py_register_llm(PyObject *m);
 int dm_py_register_dense(PyObject *m);
 int dm_py_register_ntpm(PyObject *m);
 int dm_py_register_train(PyObject *m);
+int dm_py_register_ops(PyObject *m);
 
 #endif
