@@ -392,11 +392,6 @@ done:
 
 /* ---------------- training ---------------- */
 
-/* Floats of one layer's full activation set (see vision.h). */
-static int64_t layer_act_floats(const dm_vision_config *c, int64_t N) {
-    return N * (7 * c->hidden + 2 * c->ffn + c->heads + 4);
-}
-
 /* Layout of the acts block: carve (NULL base: count only). Returns bytes. */
 static size_t vision_acts_layout(dm_vision_acts *a, const dm_vision_config *c, int64_t gh, int64_t gw, int ckpt,
                                  char *base) {
@@ -409,39 +404,30 @@ static size_t vision_acts_layout(dm_vision_acts *a, const dm_vision_config *c, i
         if (base) (ptr) = (type *)(base + off);                                       \
         off += b_;                                                                    \
     } while (0)
-    float *dummy;
+    dm_vision_layer_acts scratch; /* the counting pass (base NULL) writes nothing */
     for (int64_t i = 0; i < L; i++) {
-        dm_vision_layer_acts *la = base ? &a->layers[i] : NULL;
+        dm_vision_layer_acts *la = base ? &a->layers[i] : &scratch;
         if (i > 0 && ckpt) { /* share layer 0's set, own x_in */
-            if (base) {
-                *la = a->layers[0];
-                TAKE(la->x_in, N * D, float);
-            } else {
-                TAKE(dummy, N * D, float);
-            }
+            if (base) *la = a->layers[0];
+            TAKE(la->x_in, N * D, float);
             continue;
         }
-        if (base) {
-            TAKE(la->x_in, N * D, float);
-            TAKE(la->ln1, N * D, float);
-            TAKE(la->ln1_mean, N, float);
-            TAKE(la->ln1_rstd, N, float);
-            TAKE(la->q, N * D, float);
-            TAKE(la->k, N * D, float);
-            TAKE(la->v, N * D, float);
-            TAKE(la->attn, N * D, float);
-            TAKE(la->lse, N * H, float);
-            TAKE(la->x_mid, N * D, float);
-            TAKE(la->ln2, N * D, float);
-            TAKE(la->ln2_mean, N, float);
-            TAKE(la->ln2_rstd, N, float);
-            TAKE(la->fc1, N * F, float);
-            TAKE(la->act, N * F, float);
-        } else {
-            off += (size_t)layer_act_floats(c, N) * sizeof(float) + 15 * 64;
-        }
+        TAKE(la->x_in, N * D, float);
+        TAKE(la->ln1, N * D, float);
+        TAKE(la->ln1_mean, N, float);
+        TAKE(la->ln1_rstd, N, float);
+        TAKE(la->q, N * D, float);
+        TAKE(la->k, N * D, float);
+        TAKE(la->v, N * D, float);
+        TAKE(la->attn, N * D, float);
+        TAKE(la->lse, N * H, float);
+        TAKE(la->x_mid, N * D, float);
+        TAKE(la->ln2, N * D, float);
+        TAKE(la->ln2_mean, N, float);
+        TAKE(la->ln2_rstd, N, float);
+        TAKE(la->fc1, N * F, float);
+        TAKE(la->act, N * F, float);
     }
-    (void)dummy;
     TAKE(a->patches, N * PD, float);
     TAKE(a->x_final, N * D, float);
     TAKE(a->post, N * D, float);

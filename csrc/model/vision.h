@@ -99,7 +99,7 @@ void vision_window_index(int64_t mh, int64_t mw, int64_t win, int64_t unit, int6
  * D hidden, F ffn, H heads), in floats:
  *   x_in N*D (layer input), ln1 N*D + ln1_mean/rstd 2N, q/k/v 3*N*D (after RoPE),
  *   attn N*D + lse N*H, x_mid N*D, ln2 N*D + 2N, fc1 N*F (pre-activation), act N*F
- *   = N*(7D + 2F + H + 4) per layer.
+ *   = N*(8D + 2F + H + 4) per layer.
  * Checkpointing keeps only x_in per layer (N*D) plus ONE layer's set, which the
  * backward refills by re-running that layer's forward from x_in. */
 typedef struct {
