@@ -37,8 +37,10 @@ def check_gen_keywords(public_name, kw, allowed=GEN_KEYWORDS):
                         f"(generation options: {', '.join(sorted(allowed))})")
 
 
-def lm_config_dict(config):
-    """The flat dict `_core.LanguageModel` takes, from a :class:`densemllm.config.ModelConfig`."""
+def lm_config_dict(config, shapes_only=False):
+    """The flat dict `_core.LanguageModel` takes, from a :class:`densemllm.config.ModelConfig`.
+
+    shapes_only: leave out the rope scaling (what the weight shapes do not depend on)."""
     t = config.text
     d = {
         "vocab_size": t.vocab_size,
@@ -61,7 +63,7 @@ def lm_config_dict(config):
         "rope_theta": float(t.rope_theta),
     }
     rs = t.rope_scaling
-    if rs:
+    if rs and not shapes_only:
         kind = rs.get("rope_type", "default")
         if kind != "yarn":
             raise NotImplementedError(f"rope_type {kind!r} is not supported (default and yarn are)")
