@@ -34,8 +34,8 @@ def decode_counts(counts, h, w) -> np.ndarray:
 
 def string_to_counts(s) -> list:
     """Run lengths from COCO's compressed RLE text (each count in 5-bit groups, 48-based
-    chars, continuation bit 0x20, sign bit 0x10 of the last group; counts after the
-    second are stored as differences to the count two before)."""
+    chars, continuation bit 0x20, sign bit 0x10 of the last group; from the fourth count
+    on, each is stored as the difference to the count two before)."""
     if isinstance(s, bytes):
         s = s.decode("ascii")
     counts, p, n = [], 0, len(s)
