@@ -178,13 +178,13 @@ def evaluate(model_or_predictor, dataset: str, data_root=None, split=None, proto
     if isinstance(model_or_predictor, (str, os.PathLike)):
         mpath = str(model_or_predictor)
         spec = PredictorSpec(protocol, table, model_path=mpath, load_kwargs=dict(load_kwargs or {}))
-        key = model_name or _model_key(mpath)
+        key = model_name or f"{_model_key(mpath)}-{spec.load_kwargs.get('dtype', 'auto')}"
     elif _is_model(model_or_predictor):
         model_obj = model_or_predictor
         kw = {"dtype": model_obj.dtype, "backend": model_obj.backend}
         kw.update(load_kwargs or {})
         spec = PredictorSpec(protocol, table, model_path=str(model_obj.path), load_kwargs=kw)
-        key = model_name or _model_key(model_obj.path)
+        key = model_name or f"{_model_key(model_obj.path)}-{model_obj.dtype}"
     elif callable(model_or_predictor):
         spec = PredictorSpec(protocol, table, predictor=model_or_predictor)
         f = model_or_predictor
@@ -197,11 +197,11 @@ def evaluate(model_or_predictor, dataset: str, data_root=None, split=None, proto
     store = Store(out, str(key), table["name"], ds.split, protocol.to_dict())
     if not resume:
         store.clear()
-    todo = [s for s in samples if not store.has(s.id)]
-
-    stats_by_id = {}
+    # what an earlier run stored counts as it is (one file per image: never twice)
+    stats_by_id = {s.id: store.get(s.id) for s in samples if store.has(s.id)}
+    todo = [s for s in samples if s.id not in stats_by_id]
     evaluated = 0
-    bar = _bar(progress, len(samples), len(samples) - len(todo), table["name"])
+    bar = _bar(progress, len(samples), len(stats_by_id), table["name"])
     t_last = 0.0
     try:
         for s, gt, pred in _run(backend, spec, model_obj, ds, todo, workers, ray_address):
@@ -213,16 +213,15 @@ def evaluate(model_or_predictor, dataset: str, data_root=None, split=None, proto
             if bar is not None:
                 bar.update(1)
                 now = time.monotonic()
-                if now - t_last > 1.0:
+                if now - t_last > 1.0:  # the running metric over what is stored so far
                     t_last = now
-                    done = [stats_by_id.get(x.id) or store.get(x.id) for x in samples if x.id in stats_by_id
-                            or store.has(x.id)]
-                    bar.set_postfix({metric.primary: f"{metric.reduce(done)[metric.primary]:.4g}"})
+                    value = metric.reduce(list(stats_by_id.values()))[metric.primary]
+                    bar.set_postfix({metric.primary: f"{value:.4g}"})
     finally:
         if bar is not None:
             bar.close()
 
-    all_stats = [stats_by_id[s.id] if s.id in stats_by_id else store.get(s.id) for s in samples]
+    all_stats = [stats_by_id[s.id] for s in samples]  # dataset order: the same sums however they were made
     metrics = metric.reduce(all_stats)
     base_split = ds.split.split(":", 1)[-1]
     report = Report(table["name"], ds.split, str(key), protocol.to_dict(), len(samples), metrics,
