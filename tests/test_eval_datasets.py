@@ -72,6 +72,13 @@ def test_refcoco_family_and_splits(tmp_path):
         D.get_dataset("refcocog", tmp_path, "testA")
     with pytest.raises(DatasetError, match="no refs in split 'test'"):
         D.get_dataset("refcocog", tmp_path, "test")
+    # the same refs converted to JSON are read too
+    import json
+
+    refs = load_plain_pickle(tmp_path / "refcoco+" / "refs(unc).p")
+    (tmp_path / "refcoco+" / "refs(unc).p").unlink()
+    (tmp_path / "refcoco+" / "refs(unc).json").write_text(json.dumps(refs))
+    assert [s.id for s in D.get_dataset("refcoco+", tmp_path)] == ["7-0", "7-1", "8-50", "9-100"]
     # a Python-2 style protocol-2 pickle (bytes-free here) and protocol 0 both load
     T.make_refcoco(tmp_path / "p0", "refcoco", "unc", protocol=0)
     assert len(D.get_dataset("refcoco", tmp_path / "p0")) == 4
@@ -115,6 +122,8 @@ def test_coco_masks_own_decoder_and_rasteriser(tmp_path):
         segmentation_to_mask({"size": [2, 3], "counts": [1, 3]}, 2, 3, backend="numpy")
     with pytest.raises(ValueError, match="at least 3"):
         segmentation_to_mask([[1, 2, 3, 4]], 5, 5)
+    with pytest.raises(ValueError, match="boundary points"):
+        segmentation_to_mask([[0, 0, 1e9, 0, 1e9, 1e9]], 5, 5, backend="numpy")
 
 
 @pytest.mark.skipif(not have_pycocotools(), reason="pycocotools not installed (the eval extra)")

@@ -86,6 +86,7 @@ def test_sigkill_half_way_then_resume_equals_uninterrupted(tmp_path):
     fresh = evaluate(pred, "ade20k", data_root=tmp_path, out=tmp_path / "fresh", progress=False, model_name="kill-test")
     assert fresh.evaluated_now == n
     assert json.dumps(fresh.metrics, sort_keys=True) == json.dumps(r.metrics, sort_keys=True)
+    assert json.dumps(fresh.per_class) == json.dumps(r.per_class)
     assert 0 < r.metrics["mIoU"] < 100
     # resume=False starts afresh
     assert evaluate(pred, "ade20k", data_root=tmp_path, out=out, progress=False, model_name="kill-test",
@@ -107,7 +108,6 @@ def test_two_worker_processes_equal_one(tmp_path):
 def test_ray_local_cluster_two_workers_equals_one_process(tmp_path):
     pytest.importorskip("ray")
     T.make_ade20k(tmp_path, n=6)
-    T.make_refcoco(tmp_path / "r")
     pred = OraclePredictor("ade20k", tmp_path, perturb=True)
     one = evaluate(pred, "ade20k", data_root=tmp_path, out=tmp_path / "o1", progress=False)
     two = evaluate(pred, "ade20k", data_root=tmp_path, out=tmp_path / "o2", workers=2, backend="ray", progress=False)

@@ -20,12 +20,14 @@ import numpy as np
 
 __all__ = ["atomic_write", "Store", "slug"]
 
+TMP_PREFIX = ".tmp-"  # + ".part": never matches a result file's name
+
 
 def atomic_write(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder + fsync + rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,6 +58,8 @@ class Store:
         self.manifest = {"model": model_key, "dataset": dataset, "split": split, "protocol": protocol}
         self.dir = Path(out) / "store" / slug(model_key) / slug(dataset) / slug(split) / key_hash(protocol)
         self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob(TMP_PREFIX + "*.part"):  # left by a killed writer: never a result
+            stale.unlink(missing_ok=True)
         man = self.dir / "manifest.json"
         text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str)
         if man.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 MAX_PIXELS = 1 << 28
+MAX_BOUNDARY_POINTS = 1 << 26
 
 
 def _check_hw(h, w):
@@ -69,6 +70,10 @@ def polygon_counts(xy, h, w) -> list:
     x = np.trunc(scale * pts[:, 0] + 0.5).astype(np.int64)
     y = np.trunc(scale * pts[:, 1] + 0.5).astype(np.int64)
     x, y = np.append(x, x[:1]), np.append(y, y[:1])
+    steps = int(np.maximum(np.abs(np.diff(x)), np.abs(np.diff(y))).sum()) + len(pts)
+    if steps > MAX_BOUNDARY_POINTS:  # coordinates far outside any image: refuse before allocating
+        raise ValueError(f"polygon outline of {steps} boundary points (5x grid) exceeds {MAX_BOUNDARY_POINTS}; "
+                         f"coordinates {pts.min(0).tolist()}..{pts.max(0).tolist()} for a {w}x{h} image")
     us, vs = [], []
     for j in range(len(pts)):
         xs, xe, ys, ye = int(x[j]), int(x[j + 1]), int(y[j]), int(y[j + 1])

@@ -30,7 +30,13 @@ def list_refcoco(table: dict, root, split: str) -> list:
     inst_path = root / lay["instances"].format(**fmt)
     if not (root / table["folder"]).is_dir():
         raise FileNotFoundError(f"missing folder {root / table['folder']} ({table['name']} annotations)")
-    refs = load_plain_pickle(refs_path)
+    # the refer toolkit's pickle, or the same list converted to JSON (refs(<by>).json)
+    json_path = refs_path.with_suffix(".json")
+    if not refs_path.is_file() and json_path.is_file():
+        refs_path = json_path
+        refs = json.loads(json_path.read_text(encoding="utf-8"))
+    else:
+        refs = load_plain_pickle(refs_path)
     if not isinstance(refs, list):
         raise DatasetError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
     if not inst_path.is_file():

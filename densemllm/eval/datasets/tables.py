@@ -251,7 +251,7 @@ DDAD = dict(
     paper={"val": {"d1": 0.876}},
 )
 
-# RefCOCO family in the `refer` toolkit layout: {root}/{dataset}/refs({split_by}).p +
+# RefCOCO family in the `refer` toolkit layout: {root}/{dataset}/refs({split_by}).p (or .json) +
 # instances.json; images {root}/images/mscoco/images/train2014/COCO_train2014_<id:012d>.jpg
 # (or {root}/train2014/...). One sample per sentence.
 _REF_LAYOUT = dict(refs_file="{dataset}/refs({split_by}).p", instances="{dataset}/instances.json",
