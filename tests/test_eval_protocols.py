@@ -157,6 +157,9 @@ def test_end_to_end_depth_known_delta1(tmp_path):
     np.save(base / "depth" / "000001_CAMERA_01.npy", gt.astype(np.float32))
     r = evaluate(m, "ddad", data_root=tmp_path, out=tmp_path / "out", progress=False)
     assert r.metrics["d1"] == 0.5
+    # two worker processes, each loading the checkpoint from its path once: the same numbers
+    r2 = evaluate(m, "ddad", data_root=tmp_path, out=tmp_path / "out2", workers=2, progress=False)
+    assert r2.evaluated_now == 1 and r2.metrics == r.metrics
     # |pred - gt| / gt is 0.3 / 1.3 on the top half and ~0 below (band edges interpolate one bin, 0.2 %)
     assert r.metrics["abs_rel"] == pytest.approx(0.5 * 0.3 / 1.3, abs=2e-3)
 
