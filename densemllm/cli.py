@@ -99,6 +99,9 @@ def build_parser():
     p.add_argument("--out-dir", default="densemllm-demo", metavar="DIR",
                    help="where the checkpoint, image and outputs go (default: ./densemllm-demo)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: all cores)")
+    from .eval.cli import add_parser as _add_eval_parser  # densemllm eval (docs/evaluation.md)
+
+    _add_eval_parser(sub)
     # `densemllm --help` documents every option of every command, not just the list.
     ap.formatter_class = argparse.RawDescriptionHelpFormatter
     ap.epilog += "\n\n" + "\n".join(f"=== densemllm {name} ===\n{sp.format_help()}"
@@ -171,6 +174,10 @@ def main(argv=None):
 def _main(args):
     if args.command == "demo":
         return demo(args)
+    if args.command == "eval":
+        from .eval.cli import run as _run_eval
+
+        return _run_eval(args)
     from . import viz
     from .tasks.common import to_rgb
 
