@@ -20,6 +20,7 @@ from .config import ModelConfig
 from .tokenizer import FALLBACK_CHAT_TEMPLATE
 
 __all__ = ["make_checkpoint", "TEXT_DEFAULTS", "VISION_DEFAULTS", "special_token_list"]
+__all__ += ["build_tokenizer_json"]
 
 TEXT_DEFAULTS = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -59,16 +60,18 @@ def special_token_list():
     return special, task
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer_json():
+@functools.lru_cache(maxsize=4)
+def _tokenizer_json(corpus=_CORPUS, vocab_size=512):
+    """tokenizer.json text: byte-level BPE of ``vocab_size`` trained on ``corpus`` (lines)
+    plus every special token of the notes (special_token_list)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, min_frequency=2, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    tok.train_from_iterator(corpus.splitlines(), trainer=trainer)
     special, task = special_token_list()
     # Structural tokens are "special" (dropped by skip_special_tokens); the task
     # tokens the model writes in its answers (<ref>, <x_N>, <custom_N>, ...) are
@@ -76,6 +79,9 @@ def _tokenizer_json():
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in task])
     return tok.to_str()
+
+
+build_tokenizer_json = _tokenizer_json  # public name (densemllm.data.default_model builds its own)
 
 
 def _encode(a, dtype):
@@ -120,13 +126,17 @@ def _tensor(rng, name, shape, dtype):
     return a.astype(np.float32, copy=False)
 
 
-def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_overrides):
+def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, tokenizer_json=None, init=None,
+                    **text_overrides):
     """Write a tiny random checkpoint into `dir` (created) and return its Path.
 
     ``vision``: dict of vision_config overrides. Other keyword arguments override
     top-level (text) config fields, e.g. ``q_lora_rank=None``,
     ``tie_word_embeddings=False``, ``rope_parameters={...}`` (replaces
     rope_theta/rope_scaling: the newer schema). ``dtype``: "bf16", "f16" or "f32".
+    ``tokenizer_json``: tokenizer.json text to use instead of the tiny default
+    (e.g. ``_tokenizer_json(corpus, vocab_size)``). ``init``: ``f(rng, name, shape, dtype)
+    -> float32 array`` replacing the N(0, 0.02) weights (e.g. a training init).
     """
     if dtype not in ("bf16", "f16", "f32"):
         raise ValueError(f"dtype must be 'bf16', 'f16' or 'f32', got {dtype!r}")
@@ -136,7 +146,7 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok_json = _tokenizer_json()
+    tok_json = _tokenizer_json() if tokenizer_json is None else tokenizer_json
     vocab = json.loads(tok_json)
     ids = {t["content"]: t["id"] for t in vocab["added_tokens"]}
     n_vocab = len(vocab["model"]["vocab"]) + len(vocab["added_tokens"])
@@ -165,7 +175,7 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, **text_
     tensors = {}
     for alts, shape in expected_weights(config):
         name = alts[0]
-        a = _tensor(rng, name, shape, dtype)
+        a = (init or _tensor)(rng, name, shape, dtype)
         if name == "model.embed_tokens.weight":
             # nn.Embedding(padding_idx=pad) keeps that row at zero, and transformers
             # re-zeroes it on load: do the same so parity tests compare like with like.

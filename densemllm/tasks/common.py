@@ -11,7 +11,12 @@ from .. import _core
 from ..parse import parse_refs
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
-MERGED_PX = 32  # one merged vision token covers 2x2 patches of 16 px
+
+
+def merged_px(model) -> int:
+    """Pixels per side of one merged vision token (patch_size * spatial_merge_size)."""
+    v = model.config.vision
+    return int(v.patch_size * v.spatial_merge_size)
 
 
 def to_rgb(image) -> np.ndarray:
@@ -39,11 +44,12 @@ def to_rgb(image) -> np.ndarray:
     raise TypeError(f"image dtype must be uint8 or float, got {a.dtype}")
 
 
-def check_image(rgb: np.ndarray, what="image"):
+def check_image(rgb: np.ndarray, model, what="image"):
     h, w = rgb.shape[:2]
-    if h < MERGED_PX or w < MERGED_PX:
+    unit = merged_px(model)
+    if h < unit or w < unit:
         raise ValueError(f"{what} is {w}x{h} pixels, smaller than one merged vision token "
-                         f"({MERGED_PX}x{MERGED_PX}); enlarge it (e.g. scale=) first")
+                         f"({unit}x{unit}); enlarge it (e.g. scale=) first")
 
 
 def resize_rgb(rgb: np.ndarray, size_hw, resample="bilinear") -> np.ndarray:
@@ -95,7 +101,7 @@ def run_turn(model, rgb, text, *, image_first=True, stop_at_mask=True, max_new_t
     Generation stops at eos, and (stop_at_mask) at ``<mask>``: the RLE after it is
     what dense decoding computes from the same session, so generating it token by
     token would only repeat the work (the result's ``model_text()`` fills it in)."""
-    check_image(rgb)
+    check_image(rgb, model)
     prompt = render_prompt(model, text, image_first=image_first, system=system)
     t0 = time.perf_counter()
     sess = model.prefill(prompt, image=rgb)

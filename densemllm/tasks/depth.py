@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from ..data import tables as scene_tables
 from ..results import DepthResult
-from .common import grid_logits, resize_rgb, run_turn, timed, to_rgb
+from .common import grid_logits, merged_px, resize_rgb, run_turn, timed, to_rgb
 
 NBINS = 1000
 # dataset -> (quantisation, min metres, max metres) onto bins 1..1000 (paper App. D.3)
@@ -15,9 +16,12 @@ RANGES = {
     "Cityscapes": ("linear", 0.0, 80.0),
     "DDAD": ("linear", 0.05, 120.0),
     None: ("log", 0.5, 100.0),  # open world, focal length normalised to 2000 px
+    # the procedural scenes the default model is trained on (densemllm.data.tables)
+    scene_tables.DEPTH_DATASET: ("linear", scene_tables.DEPTH_MIN_M, scene_tables.DEPTH_MAX_M),
 }
 FOCAL_PX = 2000.0
 OPEN_PROMPT = "Estimate the depth."
+DATASET_PROMPT = "Please estimate the depth of this image from the {} dataset."  # goes before the image
 
 
 def _dataset(name):
@@ -28,7 +32,8 @@ def _dataset(name):
     for k in RANGES:
         if k is not None and k.lower() == name.strip().lower():
             return k
-    raise ValueError(f"unknown depth dataset {name!r}; use None (open world), 'NYUv2', 'Cityscapes' or 'DDAD'")
+    names = ", ".join(repr(k) for k in RANGES if k is not None)
+    raise ValueError(f"unknown depth dataset {name!r}; use None (open world) or one of {names}")
 
 
 def bin_ids(model):
@@ -67,12 +72,13 @@ def depth(model, image, dataset=None, focal_length=None, *, prompt=None, max_new
         model_rgb = rgb
     groups = bin_ids(model)
     if prompt is None:
-        prompt = f"Please estimate the depth of this image from the {ds} dataset." if ds else OPEN_PROMPT
+        prompt = DATASET_PROMPT.format(ds) if ds else OPEN_PROMPT
     turn = run_turn(model, model_rgb, prompt, image_first=ds is None, max_new_tokens=max_new_tokens, **gen)
     gh2, gw2 = turn.grid
     corr = 1.0
     if focal_length is not None:
-        f_eff = float(focal_length) * np.sqrt((gh2 * 32 / H) * (gw2 * 32 / W))
+        unit = merged_px(model)
+        f_eff = float(focal_length) * np.sqrt((gh2 * unit / H) * (gw2 * unit / W))
         corr = f_eff / FOCAL_PX
     timings = dict(turn.timings)
     with timed(timings, "dense"):

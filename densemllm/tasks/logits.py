@@ -22,7 +22,7 @@ def vision_logits(model, image, ids_or_names, prompt=None, *, scale=1.0):
         prompt = (f"Segment: {', '.join(names)}, without the background class." if names
                   else "Segment all objects in this image.")
     rgb = scaled(to_rgb(image), scale)
-    check_image(rgb)
+    check_image(rgb, model)
     t0 = time.perf_counter()
     sess = model.prefill(render_prompt(model, prompt), image=rgb)
     turn = Turn(sess, "", [], session_grid(sess), {"prefill": time.perf_counter() - t0})

@@ -70,7 +70,7 @@ def core_target(model, rgb, box, *, crop_short_side=1280, colour=(255, 0, 0), ma
     ch, cw = crop.shape[:2]
     s = crop_short_side / min(ch, cw)
     crop_r = resize_rgb(crop, (max(1, round(ch * s)), max(1, round(cw * s))), "lanczos")
-    check_image(crop_r, "the resized crop")
+    check_image(crop_r, model, "the resized crop")
     turn = run_turn(model, crop_r, CORE_PROMPT, max_new_tokens=max_new_tokens, **gen)
     tok = model.tokenizer
     bg, fg = tok.token_to_id("<BG>"), tok.token_to_id("<FG>")

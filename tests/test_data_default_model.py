@@ -1,0 +1,65 @@
+"""The small default model: architecture from its config, tokenizer with every special
+token, package files in sync with the builder, and the path through the dense tasks."""
+import json
+
+import numpy as np
+import pytest
+
+import densemllm
+from densemllm.data import default_model as dm
+from densemllm.data import prompts, scenes
+from densemllm.data import tables as T
+from densemllm.testing import special_token_list
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return dm.make_default_checkpoint(tmp_path_factory.mktemp("dm") / "ck", dtype="bf16")
+
+
+def test_package_files_match_the_builder(ckpt):
+    for f in dm.PACKAGE_FILES:
+        assert json.loads((dm.DEFAULT_DIR / f).read_text()) == json.loads((ckpt / f).read_text()), f
+
+
+def test_tokenizer_holds_every_special_token_and_ids_come_from_the_config(ckpt):
+    m = densemllm.load(ckpt)
+    special, task = special_token_list()
+    for t in special + task:
+        assert m.tokenizer.token_to_id(t) is not None, t
+    c = m.config
+    assert c.image_token_id == m.tokenizer.token_to_id("<|image_pad|>")
+    assert c.vision.patch_size == 8 and c.text.q_lora_rank == dm.TEXT["q_lora_rank"]
+    # class names are single tokens after <ref> (one id per class for dense decoding)
+    for name in T.CLASSES:
+        assert len(m.tokenizer.encode(name)) == 1, name
+
+
+def test_train_init(ckpt):
+    rng = np.random.default_rng(0)
+    assert np.all(dm.train_init(rng, "model.layers.0.input_layernorm.weight", (4,)) == 1)
+    assert np.all(dm.train_init(rng, "merger.mlp.0.bias", (4,)) == 0)
+    big = dm.train_init(rng, "model.layers.0.mlp.down_proj.weight", (256, 768))
+    np.testing.assert_allclose(big.std(), 0.02 / np.sqrt(2 * dm.TEXT["num_hidden_layers"]), rtol=0.02)
+
+
+def test_dense_tasks_run_on_the_default_architecture(ckpt):
+    m = densemllm.load(ckpt)
+    s = scenes.heldout_scene(0)
+    r = m.segment(s.image, list(T.CLASSES), max_new_tokens=4, all_classes=True)
+    assert r.labels.shape == s.labels.shape and r.logits.shape[:2] == (8, 8)  # 128 px / 16 px tokens
+    d = m.depth(s.image, T.DEPTH_DATASET, max_new_tokens=4)
+    assert d.bins.shape == (16, 16) and np.nanmax(d.depth) <= T.DEPTH_MAX_M
+    ex = prompts.core_example(s, s.referring[0].object_id, np.random.default_rng(0))
+    assert min(ex.image.shape[:2]) == prompts.DEFAULT_CROP_SHORT_SIDE and ex.mask.shape == ex.image.shape[:2]
+    assert ex.mask.any()
+
+
+def test_load_without_path():
+    if dm.trained_weights() is None:
+        with pytest.raises(dm.DefaultModelMissing, match="model.safetensors"):
+            densemllm.load()
+    else:
+        m = densemllm.load()
+        assert m.config.vision.patch_size == 8
+        assert dm.training_record().get("seed") is not None
