@@ -63,3 +63,22 @@ def test_load_without_path():
         m = densemllm.load()
         assert m.config.vision.patch_size == 8
         assert dm.training_record().get("seed") is not None
+
+
+def test_results_display_themselves(ckpt):
+    import io
+
+    from PIL import Image
+
+    from densemllm import viz
+
+    m = densemllm.load(ckpt)
+    s = scenes.heldout_scene(1)
+    r = m.segment(s.image, list(T.CLASSES), max_new_tokens=2, all_classes=True)
+    png = Image.open(io.BytesIO(r._repr_png_()))
+    assert png.size[1] == 128 and png.size[0] > 128  # the overlay and its legend
+    # the overlay is drawn over the input image, not a blank canvas
+    np.testing.assert_array_equal(np.asarray(r.show())[:128, :128], np.asarray(
+        viz.overlay_labels(s.image, r.labels, r.class_names))[:128, :128])
+    d = m.depth(s.image, T.DEPTH_DATASET, max_new_tokens=2)
+    assert Image.open(io.BytesIO(d._repr_png_())).size[0] > 128  # with its scale bar

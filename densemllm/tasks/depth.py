@@ -87,4 +87,4 @@ def depth(model, image, dataset=None, focal_length=None, *, prompt=None, max_new
         fb = _core.dense_upsample_bilinear(bins.astype(np.float32)[..., None], (H, W))[..., 0]
         d = _core.dense_depth_dequantize(np.ascontiguousarray(fb), mode, dmin, dmax, NBINS, corr)
     return DepthResult(d, bins.astype(np.int32), turn.text, ds,
-                       metric=ds is not None or focal_length is not None, timings=timings)
+                       metric=ds is not None or focal_length is not None, timings=timings, image=rgb)
