@@ -7,7 +7,7 @@ ROOT/
   depth/SPLIT/NAME.png         uint16 millimetres (mode I;16), 0 = invalid
   instances/SPLIT/NAME.png     object ids (mode L), 0 = layout
   referring/SPLIT.json         [{"image", "expression", "object_id", "box", "query"}, ...]
-  scenes/SPLIT.json            {"dataset", "classes", "palette", ..., "scenes": [scene_dict, ...]}
+  meta/SPLIT.json              {"dataset", "classes", "palette", ..., "scenes": [scene_dict, ...]}
 ```
 Every file is written to a temporary name in its folder and renamed, so an interrupted
 write never leaves a truncated file under its final name.
@@ -83,7 +83,7 @@ def write_split(root, scenes, split="val"):
             refs.append({"image": n, "expression": r.text, "object_id": r.object_id,
                          "box": list(s.object(r.object_id).box), "query": r.query})
     _json(root / "referring" / f"{split}.json", refs)
-    _json(root / "scenes" / f"{split}.json", {
+    _json(root / "meta" / f"{split}.json", {
         "dataset": "scenes", "classes": list(T.CLASSES), "palette": [list(p) for p in T.PALETTE],
         "ignore_index": T.IGNORE_INDEX, "reduce_zero_label": T.REDUCE_ZERO_LABEL,
         "depth_png_scale": T.DEPTH_PNG_SCALE, "depth_range_m": [T.DEPTH_MIN_M, T.DEPTH_MAX_M],
@@ -98,7 +98,7 @@ def write_heldout(root, n=200, *, size=None, seed=None):
 
 
 def _meta(root, split):
-    p = Path(root) / "scenes" / f"{split}.json"
+    p = Path(root) / "meta" / f"{split}.json"
     if not p.is_file():
         raise FileNotFoundError(f"no scenes split {split!r} under {root}: {p} is missing")
     try:
