@@ -106,6 +106,10 @@ def build_parser():
     p.add_argument("--scene", type=int, default=None, metavar="N", help="index of the held-out scene "
                    "(default: densemllm.data.demo.DEMO_SCENE)")
     p.add_argument("--expression", default=None, help="referring expression (default: the scene's own)")
+
+    from .eval.cli import add_parser as _add_eval_parser  # densemllm eval (docs/evaluation.md)
+
+    _add_eval_parser(sub)
     # `densemllm --help` documents every option of every command, not just the list.
     ap.formatter_class = argparse.RawDescriptionHelpFormatter
     ap.epilog += "\n\n" + "\n".join(f"=== densemllm {name} ===\n{sp.format_help()}"
@@ -169,6 +173,10 @@ def main(argv=None):
 def _main(args):
     if args.command == "demo":
         return demo(args)
+    if args.command == "eval":
+        from .eval.cli import run as _run_eval
+
+        return _run_eval(args)
     from . import viz
     from .tasks.common import to_rgb
 
