@@ -17,9 +17,18 @@ def ckpt(tmp_path_factory):
     return dm.make_default_checkpoint(tmp_path_factory.mktemp("dm") / "ck", dtype="bf16")
 
 
-def test_package_files_match_the_builder(ckpt):
+def test_package_files_match_the_builder(tmp_path):
+    # config and tokenizer rebuild identically (deterministic BPE); the chat template is
+    # the package's own (a trained model keeps the template it was trained with)
+    fresh = dm.write_package_files(tmp_path)
+    for f in ("config.json", "tokenizer.json"):
+        assert json.loads((dm.DEFAULT_DIR / f).read_text()) == json.loads((fresh / f).read_text()), f
+    assert "chat_template" in json.loads((dm.DEFAULT_DIR / "tokenizer_config.json").read_text())
+
+
+def test_init_checkpoint_uses_the_package_files(ckpt):
     for f in dm.PACKAGE_FILES:
-        assert json.loads((dm.DEFAULT_DIR / f).read_text()) == json.loads((ckpt / f).read_text()), f
+        assert (ckpt / f).read_bytes() == (dm.DEFAULT_DIR / f).read_bytes(), f
 
 
 def test_tokenizer_holds_every_special_token_and_ids_come_from_the_config(ckpt):

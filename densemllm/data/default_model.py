@@ -79,23 +79,46 @@ def train_init(rng, name, shape, dtype=None, std=0.02):
 
 
 def make_default_checkpoint(dir, *, seed=0, dtype="f32"):
-    """Write the default architecture with freshly initialised (UNTRAINED) weights into
-    ``dir``: the start of training, and the demo's stand-in when no weights ship."""
-    from ..testing import make_checkpoint
+    """Write the default architecture with freshly initialised (UNTRAINED) weights
+    (:func:`train_init`) into ``dir``: the start of training, and the demo's stand-in
+    when no weights ship. The config, tokenizer and chat template are the package's
+    own files (the default model's one source of truth)."""
+    from ..checkpoint import expected_weights
+    from ..config import ModelConfig
+    from ..testing import _encode, _save_safetensors
 
-    return make_checkpoint(dir, seed=seed, dtype=dtype, vision=dict(VISION), tokenizer_json=tokenizer_json(),
-                           init=train_init, **TEXT)
+    if dtype not in ("bf16", "f32"):
+        raise ValueError(f"dtype must be 'bf16' or 'f32', got {dtype!r}")
+    missing = [f for f in PACKAGE_FILES if not (DEFAULT_DIR / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the default model's package files are missing from {DEFAULT_DIR}: {missing} "
+                                "(regenerate them with densemllm.data.default_model.write_package_files())")
+    out = Path(dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in PACKAGE_FILES:
+        shutil.copyfile(DEFAULT_DIR / f, out / f)
+    config = ModelConfig.from_file(out / "config.json")
+    rng = np.random.default_rng(seed)
+    tensors = {alts[0]: _encode(train_init(rng, alts[0], shape), dtype) for alts, shape in expected_weights(config)}
+    tmp = out / (WEIGHTS + ".tmp")
+    _save_safetensors(tmp, tensors, {"format": "pt", "densemllm_init": f"train_init seed {seed}"})
+    tmp.replace(out / WEIGHTS)
+    return out
 
 
 def write_package_files(dest=DEFAULT_DIR):
-    """(Re)write the default model's config and tokenizer files into the package folder
-    (the weights are left alone). Returns the folder."""
+    """(Re)build the default model's config and tokenizer files (VISION, TEXT, the scene
+    tokenizer, the chat template of densemllm.testing) into ``dest``; the weights are
+    left alone. Only for regenerating the package data: a trained model keeps the files
+    it was trained with."""
     import tempfile
+
+    from ..testing import make_checkpoint
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        ck = make_default_checkpoint(Path(tmp) / "ck", dtype="bf16")
+        ck = make_checkpoint(Path(tmp) / "ck", vision=dict(VISION), tokenizer_json=tokenizer_json(), **TEXT)
         for f in PACKAGE_FILES:
             shutil.copyfile(ck / f, dest / (f + ".tmp"))
             (dest / (f + ".tmp")).replace(dest / f)
