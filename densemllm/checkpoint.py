@@ -91,73 +91,16 @@ def open_checkpoint(path):
 
 
 def expected_weights(config):
-    """[(alternative full names, shape)] of every tensor the config requires."""
-    t, v = config.text, config.vision
-    out = []
+    """[(alternative full names, shape)] of every tensor the config requires.
 
-    def add(prefixes, name, shape):
-        out.append((tuple(p + name for p in prefixes), tuple(shape)))
+    The list comes from the C parameter table (csrc/model/params.h: the model
+    builders enumerate their weights there), so names and shapes are defined once."""
+    from . import _core
+    from .llm import lm_config_dict
+    from .vision import vision_config_dict
 
-    # Vision tower.
-    h, f = v.hidden_size, v.intermediate_size
-    add(VISION_PREFIXES, "embeddings.patch_embedding.weight", (h, v.num_channels * v.patch_size ** 2))
-    add(VISION_PREFIXES, "embeddings.patch_embedding.bias", (h,))
-    for i in range(v.num_hidden_layers):
-        p = f"encoder.layers.{i}."
-        for ln in ("layer_norm1", "layer_norm2"):
-            add(VISION_PREFIXES, p + ln + ".weight", (h,))
-            add(VISION_PREFIXES, p + ln + ".bias", (h,))
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            add(VISION_PREFIXES, p + f"self_attn.{proj}.weight", (h, h))
-            add(VISION_PREFIXES, p + f"self_attn.{proj}.bias", (h,))
-        add(VISION_PREFIXES, p + "mlp.fc1.weight", (f, h))
-        add(VISION_PREFIXES, p + "mlp.fc1.bias", (f,))
-        add(VISION_PREFIXES, p + "mlp.fc2.weight", (h, f))
-        add(VISION_PREFIXES, p + "mlp.fc2.bias", (h,))
-    add(VISION_PREFIXES, "post_layernorm.weight", (h,))
-    add(VISION_PREFIXES, "post_layernorm.bias", (h,))
-
-    # Merger: RMSNorm per patch, 2x2 concat, Linear -> GELU -> Linear.
-    m = h * v.spatial_merge_size ** 2
-    add(MERGER_PREFIXES, "ln_q.weight", (h,))
-    add(MERGER_PREFIXES, "mlp.0.weight", (m, m))
-    add(MERGER_PREFIXES, "mlp.0.bias", (m,))
-    add(MERGER_PREFIXES, "mlp.2.weight", (v.out_hidden_size, m))
-    add(MERGER_PREFIXES, "mlp.2.bias", (v.out_hidden_size,))
-
-    # Language model (MLA + SwiGLU), names as in transformers' YoutuForCausalLM.
-    H, D = t.num_attention_heads, t.hidden_size
-    qk = t.qk_nope_head_dim + t.qk_rope_head_dim
-    llm = ("",)
-    add(llm, "model.embed_tokens.weight", (t.vocab_size, D))
-    for i in range(t.num_hidden_layers):
-        p = f"model.layers.{i}."
-        add(llm, p + "input_layernorm.weight", (D,))
-        add(llm, p + "post_attention_layernorm.weight", (D,))
-        a = p + "self_attn."
-        if t.q_lora_rank is None:
-            add(llm, a + "q_proj.weight", (H * qk, D))
-        else:
-            add(llm, a + "q_a_proj.weight", (t.q_lora_rank, D))
-            if t.attention_bias:
-                add(llm, a + "q_a_proj.bias", (t.q_lora_rank,))
-            add(llm, a + "q_a_layernorm.weight", (t.q_lora_rank,))
-            add(llm, a + "q_b_proj.weight", (H * qk, t.q_lora_rank))
-        add(llm, a + "kv_a_proj_with_mqa.weight", (t.kv_lora_rank + t.qk_rope_head_dim, D))
-        if t.attention_bias:
-            add(llm, a + "kv_a_proj_with_mqa.bias", (t.kv_lora_rank + t.qk_rope_head_dim,))
-        add(llm, a + "kv_a_layernorm.weight", (t.kv_lora_rank,))
-        add(llm, a + "kv_b_proj.weight", (H * (t.qk_nope_head_dim + t.v_head_dim), t.kv_lora_rank))
-        add(llm, a + "o_proj.weight", (D, H * t.v_head_dim))
-        if t.attention_bias:
-            add(llm, a + "o_proj.bias", (D,))
-        add(llm, p + "mlp.gate_proj.weight", (t.intermediate_size, D))
-        add(llm, p + "mlp.up_proj.weight", (t.intermediate_size, D))
-        add(llm, p + "mlp.down_proj.weight", (D, t.intermediate_size))
-    add(llm, "model.norm.weight", (D,))
-    if not t.tie_word_embeddings:
-        add(llm, "lm_head.weight", (t.vocab_size, D))
-    return out
+    specs = _core.param_specs(vision_config_dict(config), lm_config_dict(config, shapes_only=True))
+    return [(tuple(p + name for p in prefixes), tuple(shape)) for prefixes, name, shape in specs]
 
 
 def check_weights(ckpt, config, where=""):

@@ -21,8 +21,10 @@ DEFAULT_REPETITION_PENALTY = 1.05
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
-def lm_config_dict(config):
-    """The flat dict `_core.LanguageModel` takes, from a :class:`densemllm.config.ModelConfig`."""
+def lm_config_dict(config, shapes_only=False):
+    """The flat dict `_core.LanguageModel` takes, from a :class:`densemllm.config.ModelConfig`.
+
+    shapes_only: leave out the rope scaling (what the weight shapes do not depend on)."""
     t = config.text
     d = {
         "vocab_size": t.vocab_size,
@@ -45,7 +47,7 @@ def lm_config_dict(config):
         "rope_theta": float(t.rope_theta),
     }
     rs = t.rope_scaling
-    if rs:
+    if rs and not shapes_only:
         kind = rs.get("rope_type", "default")
         if kind != "yarn":
             raise NotImplementedError(f"rope_type {kind!r} is not supported (default and yarn are)")

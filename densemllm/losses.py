@@ -1,5 +1,5 @@
 """NTP-M, the multi-label next-token loss for vision tokens (paper Sec. 3.2), and the
-ablation losses of the paper's Tables 3-4. The work is done in C (csrc/dense/ntpm.c);
+ablation losses of the paper's Tables 3-4. The work is done in C (csrc/train/ntpm.c);
 this module only turns the user's sparse targets into CSR arrays. Exact definitions,
 tie-break and edge cases: docs/ntpm.md."""
 import operator
@@ -144,4 +144,119 @@ def ntpm_loss(logits, positives, valid=None, k=32, reduction="sum", variant="ntp
     return (token_losses if reduction == "none" else loss), g
 
 
-__all__ = ["ntpm_loss", "VARIANTS", "REDUCTIONS"]
+def _f32_2d(a, what):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D array, got shape {a.shape}")
+    return a
+
+
+def _head_common(h, w, dh, dw, backend, chunk_bytes, threads):
+    _f32_2d(h, "h")
+    _f32_2d(w, "w")
+    if h.dtype != np.float32:
+        raise TypeError(f"h: expected float32, got {h.dtype}")
+    if w.dtype not in (np.float32, np.uint16):
+        raise TypeError(f"w: expected float32 (or uint16 bf16 bit patterns), got {w.dtype}")
+    if chunk_bytes is None:
+        chunk_bytes = 0
+    chunk_bytes = operator.index(chunk_bytes)
+    if chunk_bytes < 0:
+        raise ValueError(f"chunk_bytes must be >= 0 (0 = the default budget), got {chunk_bytes}")
+    threads = 0 if threads is None else operator.index(threads)
+    if threads < 0:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return dict(dh=dh, dw=dw, bf16=w.dtype == np.uint16, backend=backend, chunk_bytes=chunk_bytes,
+                threads=threads)
+
+
+def head_ce_loss(h, w, targets, ignore_index=-100, weight=1.0, denom=None, dh=None, dw=None,
+                 backend="onednn", chunk_bytes=None, threads=None):
+    """Next-token cross-entropy fused with the LM head (csrc/train/loss.c, dm_head_ce).
+
+    h: f32 [T, H] final normalised hidden states; w: the head [V, H] (f32, or bf16 bit
+    patterns as uint16). targets: int [T], the id row t predicts (shift Hugging Face
+    labels yourself: targets[t] = labels[t + 1]); ignore_index rows are skipped.
+    loss = weight * sum of the counted rows' CE / denom (denom None: their number).
+    dh [T, H] / dw [V, H] f32 arrays, when given, are ADDED to (gradient accumulation;
+    a tied head passes the embedding gradient as dw). No [T, V] buffer above
+    chunk_bytes (default 64 MiB) is allocated.
+    Returns (loss, n_counted, workspace_bytes)."""
+    kw = _head_common(h, w, dh, dw, backend, chunk_bytes, threads)
+    targets = np.asarray(targets)
+    if targets.dtype == np.bool_ or not np.issubdtype(targets.dtype, np.integer):
+        raise TypeError(f"targets: expected integers, got dtype {targets.dtype}")
+    if targets.shape != (h.shape[0],):
+        raise ValueError(f"targets: expected shape ({h.shape[0]},) (one per row of h), got {targets.shape}")
+    d = 0.0 if denom is None else float(denom)
+    if denom is not None and not d > 0:
+        raise ValueError(f"denom must be > 0 (or None for the counted rows), got {denom}")
+    return _core.head_ce(h, w, np.ascontiguousarray(targets, dtype=np.int64), ignore_index=int(ignore_index),
+                         weight=float(weight), denom=d, **kw)
+
+
+def head_ntpm_loss(h, w, positives, rows=None, valid=None, token_set=None, k=32, variant="ntpm",
+                   labels=None, gamma=2.0, alpha=0.25, ohem_ratio=3.0, weight=1.0, reduction="mean",
+                   dh=None, dw=None, backend="onednn", chunk_bytes=None, threads=None):
+    """NTP-M (or an ablation variant) on vision rows, fused with the LM head
+    (csrc/train/loss.c, dm_head_ntpm). Definitions: docs/ntpm.md.
+
+    rows: int [L] rows of h that are vision tokens (None: rows 0..L-1, L = len(positives)).
+    positives: per-token positive ids, as for ntpm_loss (list of arrays, [L] / [L, n]
+    array, or CSR tuple). valid: None (the whole vocabulary), or valid id sets (a list
+    of arrays or a CSR tuple); with token_set (int [L]) token i uses set token_set[i]
+    (e.g. one set per sample), else set i. Only the head rows of valid ids are multiplied.
+    reduction: "mean" over active tokens, "sum" (the paper's Eq. 5), or a number (the
+    denominator, e.g. the active tokens of all micro-batches of a step).
+    Returns (loss, n_active, workspace_bytes); dh / dw are added to as in head_ce_loss."""
+    kw = _head_common(h, w, dh, dw, backend, chunk_bytes, threads)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    k = operator.index(k)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if rows is not None:
+        rows = np.asarray(rows)
+        if rows.dtype == np.bool_ or not np.issubdtype(rows.dtype, np.integer) or rows.ndim != 1:
+            raise TypeError(f"rows: expected a 1-D integer array, got dtype {rows.dtype} shape {rows.shape}")
+        L = rows.shape[0]
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+    else:
+        L = positives[0].shape[0] - 1 if isinstance(positives, tuple) else len(positives)
+    pos_offsets, pos_ids = _csr(positives, L, "positives")
+    vo = vi = None
+    if valid is not None:
+        if token_set is not None:
+            token_set = np.asarray(token_set)
+            if token_set.shape != (L,) or not np.issubdtype(token_set.dtype, np.integer):
+                raise ValueError(f"token_set: expected {L} integer set indices, got shape {token_set.shape}")
+            token_set = np.ascontiguousarray(token_set, dtype=np.int64)
+            n_sets = (valid[0].shape[0] - 1) if isinstance(valid, tuple) else len(valid)
+        else:
+            n_sets = L
+        vo, vi = _csr(valid, n_sets, "valid")
+    elif token_set is not None:
+        raise ValueError("token_set needs valid")
+    if labels is not None:
+        if variant != "ntp_ce":
+            raise ValueError("labels only apply to variant='ntp_ce'")
+        labels = np.asarray(labels)
+        if labels.shape != (L,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels: expected {L} integer labels, got shape {labels.shape}")
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if reduction == "mean":
+        denom = 0.0
+    elif reduction == "sum":
+        denom = -1.0
+    elif isinstance(reduction, (int, float)) and not isinstance(reduction, bool) and reduction > 0:
+        denom = float(reduction)
+    else:
+        raise ValueError(f"reduction must be 'mean', 'sum' or a positive denominator, got {reduction!r}")
+    return _core.head_ntpm(h, w, pos_offsets, pos_ids, rows=rows, valid_offsets=vo, valid_ids=vi,
+                           token_set=token_set, labels=labels, k=k, variant=variant, gamma=float(gamma),
+                           alpha=float(alpha), ohem_ratio=float(ohem_ratio), weight=float(weight), denom=denom,
+                           **kw)
+
+
+__all__ = ["ntpm_loss", "head_ce_loss", "head_ntpm_loss", "VARIANTS", "REDUCTIONS"]

@@ -1,4 +1,4 @@
-"""NTP-M loss family (csrc/dense/ntpm.c) against independent references.
+"""NTP-M loss family (csrc/train/ntpm.c) against independent references.
 
 References, both written from docs/ntpm.md (paper Eq. 3-5 and the ablations):
 - `ref_loss`: float64 NumPy with a dense multi-hot target per token, selection by a

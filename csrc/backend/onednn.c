@@ -237,3 +237,99 @@ const char *dm_onednn_isa(void) {
     default: return "SSE4.1/AVX (bf16 emulated)";
     }
 }
+
+/* ---- transposed products of the linear backward (see matmul.h) ----
+ * One strided matmul dst[m,n] (+)= sum_k src[m,k] wei[k,n]: the transposes are
+ * only strides in the memory descriptors. The primitive is built per call
+ * (oneDNN's own primitive cache makes a repeat shape cheap) and not kept in
+ * the forward's cache above. */
+typedef struct {
+    int64_t M, K, N;
+    dnnl_data_type_t dt;          /* src and weights (f32, or bf16 for a bf16 W) */
+    const void *src, *wei;
+    int64_t src_s0, src_s1, wei_s0, wei_s1;
+    float *dst;
+    int64_t dst_s0;
+    int accumulate;
+} strided_matmul;
+
+static dm_status run_strided_matmul(const strided_matmul *p) {
+    pthread_once(&dm_engine_once, engine_init);
+    if (dm_engine_status != dnnl_success) return dnnl_fail(dm_engine_status, "engine creation");
+    dnnl_memory_desc_t src_md = NULL, wei_md = NULL, dst_md = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t post_ops = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_memory_t msrc = NULL, mwei = NULL, mdst = NULL;
+    dnnl_stream_t stream = NULL;
+    dnnl_status_t s;
+    dm_status st = DM_OK;
+    dnnl_dims_t src_dims = {p->M, p->K}, src_strides = {p->src_s0, p->src_s1};
+    dnnl_dims_t wei_dims = {p->K, p->N}, wei_strides = {p->wei_s0, p->wei_s1};
+    dnnl_dims_t dst_dims = {p->M, p->N}, dst_strides = {p->dst_s0, 1};
+#define CHECK(call, what) \
+    if ((s = (call)) != dnnl_success) { st = dnnl_fail(s, what); goto done; }
+    CHECK(dnnl_memory_desc_create_with_strides(&src_md, 2, src_dims, p->dt, src_strides), "src desc");
+    CHECK(dnnl_memory_desc_create_with_strides(&wei_md, 2, wei_dims, p->dt, wei_strides), "weight desc");
+    CHECK(dnnl_memory_desc_create_with_strides(&dst_md, 2, dst_dims, dnnl_f32, dst_strides), "dst desc");
+    CHECK(dnnl_primitive_attr_create(&attr), "attr");
+    if (p->accumulate) {
+        CHECK(dnnl_post_ops_create(&post_ops), "post-ops");
+        CHECK(dnnl_post_ops_append_sum(post_ops, 1.0f, 0, dnnl_data_type_undef), "sum post-op");
+        CHECK(dnnl_primitive_attr_set_post_ops(attr, post_ops), "set post-ops");
+    }
+    CHECK(dnnl_matmul_primitive_desc_create(&pd, dm_engine, src_md, wei_md, NULL, dst_md, attr),
+          "matmul descriptor (backward)");
+    CHECK(dnnl_primitive_create(&prim, pd), "matmul primitive (backward)");
+    CHECK(dnnl_memory_create(&msrc, src_md, dm_engine, (void *)p->src), "src memory");
+    CHECK(dnnl_memory_create(&mwei, wei_md, dm_engine, (void *)p->wei), "weight memory");
+    CHECK(dnnl_memory_create(&mdst, dst_md, dm_engine, p->dst), "dst memory");
+    CHECK(dnnl_stream_create(&stream, dm_engine, dnnl_stream_default_flags), "stream");
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, msrc}, {DNNL_ARG_WEIGHTS, mwei}, {DNNL_ARG_DST, mdst}};
+    CHECK(dnnl_primitive_execute(prim, stream, 3, args), "matmul execution (backward)");
+    CHECK(dnnl_stream_wait(stream), "stream wait");
+#undef CHECK
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    if (msrc) dnnl_memory_destroy(msrc);
+    if (mwei) dnnl_memory_destroy(mwei);
+    if (mdst) dnnl_memory_destroy(mdst);
+    if (prim) dnnl_primitive_destroy(prim);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (post_ops) dnnl_post_ops_destroy(post_ops);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (src_md) dnnl_memory_desc_destroy(src_md);
+    if (wei_md) dnnl_memory_desc_destroy(wei_md);
+    if (dst_md) dnnl_memory_desc_destroy(dst_md);
+    return st;
+}
+
+dm_status dm_matmul_dx_onednn(float *dx, int64_t ldx, const float *dy, int64_t ldy, const dm_tensor *w,
+                              int64_t M, int accumulate) {
+    /* f16 weights would need f16 gradients; the OpenBLAS path widens them. */
+    if (w->dtype == DM_F16) return dm_matmul_dx_openblas(dx, ldx, dy, ldy, w, M, accumulate);
+    const int64_t N = w->shape[0], K = w->shape[1];
+    /* dx[M,K] = dy[M,N] . W[N,K]: the product's reduction runs over N */
+    strided_matmul p = {.M = M, .K = N, .N = K, .dt = to_dnnl(w->dtype), .src = dy, .wei = w->data,
+                        .src_s0 = ldy, .src_s1 = 1, .wei_s0 = K, .wei_s1 = 1, .dst = dx, .dst_s0 = ldx,
+                        .accumulate = accumulate ? 1 : 0};
+    if (w->dtype == DM_BF16) { /* bf16 W meets bf16-rounded dy, as in the forward */
+        uint16_t *dy16 = act_buffer_get((size_t)(M * N));
+        if (!dy16) return DM_ERR_NOMEM;
+        #pragma omp parallel for schedule(static)
+        for (int64_t m = 0; m < M; m++) dm_f32_to_bf16_n(dy16 + m * N, dy + m * ldy, (size_t)N);
+        p.src = dy16;
+        p.src_s0 = N;
+    }
+    return run_strided_matmul(&p);
+}
+
+dm_status dm_matmul_dw_onednn(float *dw, const float *dy, int64_t ldy, const float *x, int64_t ldx,
+                              int64_t M, int64_t N, int64_t K, int accumulate) {
+    /* dw[N,K] = dy^T[N,M] . x[M,K]: dy read transposed through its strides */
+    strided_matmul p = {.M = N, .K = M, .N = K, .dt = dnnl_f32, .src = dy, .wei = x, .src_s0 = 1,
+                        .src_s1 = ldy, .wei_s0 = ldx, .wei_s1 = 1, .dst = dw, .dst_s0 = K,
+                        .accumulate = accumulate ? 1 : 0};
+    return run_strided_matmul(&p);
+}

@@ -62,3 +62,44 @@ dm_status dm_matmul_openblas(float *out, const float *x, const dm_tensor *w,
     dm_free(bias_f32);
     return DM_OK;
 }
+
+/* ---- transposed products of the linear backward (see matmul.h) ---- */
+
+dm_status dm_matmul_dx_openblas(float *dx, int64_t ldx, const float *dy, int64_t ldy, const dm_tensor *w,
+                                int64_t M, int accumulate) {
+    const int64_t N = w->shape[0], K = w->shape[1];
+    if (M > INT_MAX || N > INT_MAX || K > INT_MAX || ldx > INT_MAX || ldy > INT_MAX)
+        return dm_fail(DM_ERR_VALUE, "matmul dx: dimension exceeds OpenBLAS 32-bit index");
+    if (w->dtype == DM_F32) {
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N, 1.0f, dy, (int)ldy,
+                          (const float *)w->data, (int)K, accumulate ? 1.0f : 0.0f, dx, (int)ldx);
+        return DM_OK;
+    }
+    /* dx = sum over row panels of W: dy[:, n0:n0+nb] . W[n0:n0+nb, :] */
+    int64_t rows = (int64_t)(PANEL_BYTES / sizeof(float)) / K;
+    if (rows < 16) rows = 16;
+    if (rows > N) rows = N;
+    float *panel = dm_alloc((size_t)(rows * K), sizeof(float), "matmul dx weight panel");
+    if (!panel) return DM_ERR_NOMEM;
+    const size_t esz = dm_dtype_size(w->dtype);
+    for (int64_t n0 = 0; n0 < N; n0 += rows) {
+        int64_t nb = N - n0 < rows ? N - n0 : rows;
+        const char *src = (const char *)w->data + (size_t)n0 * (size_t)K * esz;
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < nb; r++)
+            dm_to_f32_n(panel + r * K, src + (size_t)r * (size_t)K * esz, w->dtype, (size_t)K);
+        scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)nb, 1.0f, dy + n0,
+                          (int)ldy, panel, (int)K, (accumulate || n0 > 0) ? 1.0f : 0.0f, dx, (int)ldx);
+    }
+    dm_free(panel);
+    return DM_OK;
+}
+
+dm_status dm_matmul_dw_openblas(float *dw, const float *dy, int64_t ldy, const float *x, int64_t ldx,
+                                int64_t M, int64_t N, int64_t K, int accumulate) {
+    if (M > INT_MAX || N > INT_MAX || K > INT_MAX || ldx > INT_MAX || ldy > INT_MAX)
+        return dm_fail(DM_ERR_VALUE, "matmul dw: dimension exceeds OpenBLAS 32-bit index");
+    scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)N, (int)K, (int)M, 1.0f, dy, (int)ldy, x,
+                      (int)ldx, accumulate ? 1.0f : 0.0f, dw, (int)K);
+    return DM_OK;
+}

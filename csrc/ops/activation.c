@@ -46,3 +46,30 @@ void gelu_forward(float *out, const float *x, int64_t n) {
         out[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
     }
 }
+
+/* ---- backwards (see activation.h) ----
+ * Scalar libm code: the compiler vectorises neither tanhf nor erff, but these
+ * run once per training step on the ffn activations, next to three matmuls of
+ * the same rows. */
+void gelu_tanh_backward(float *dx, const float *dy, const float *x, int64_t n, int accumulate) {
+    const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i], v2 = v * v;
+        const float t = tanhf(k0 * (v + k1 * v2 * v));
+        const float g = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k0 * (1.0f + 3.0f * k1 * v2);
+        const float r = dy[i] * g;
+        dx[i] = accumulate ? dx[i] + r : r;
+    }
+}
+
+void gelu_backward(float *dx, const float *dy, const float *x, int64_t n, int accumulate) {
+    const float inv_sqrt2 = 0.70710678118654752f, inv_sqrt_2pi = 0.39894228040143268f;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i];
+        const float g = 0.5f * (1.0f + erff(v * inv_sqrt2)) + v * inv_sqrt_2pi * expf(-0.5f * v * v);
+        const float r = dy[i] * g;
+        dx[i] = accumulate ? dx[i] + r : r;
+    }
+}

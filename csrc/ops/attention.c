@@ -296,6 +296,7 @@ static void attend_item(float *out, const float *q, const float *k, const float 
         const float *ar = acc + i * Dv;
 #pragma omp simd
         for (int c = 0; c < Dv; c++) o[c] = ar[c] * inv;
+        if (a->lse) a->lse[(it->q0 + i) * a->H + h] = mrow[i] + logf(lrow[i]);
     }
 }
 
@@ -632,7 +633,7 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
 
     int nt = omp_get_max_threads();
 #if defined(DM_ATTN_AMX)
-    if (a->bf16 && a->Dk <= 1024 && a->Dv <= 1024 && attention_bf16_available()) {
+    if (a->bf16 && !a->lse && a->Dk <= 1024 && a->Dv <= 1024 && attention_bf16_available()) {
         dm_status st = attention_amx(out, q, k, v, a, qs, ks, vs, os, items, n_items, nt);
         dm_free(items);
         return st;
@@ -696,4 +697,11 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
     dm_free(scratch);
     dm_free(items);
     return DM_OK;
+}
+
+dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse,
+                             const dm_attn_args *a) {
+    (void)dq; (void)dk; (void)dv; (void)dout; (void)q; (void)k; (void)v; (void)out; (void)lse; (void)a;
+    return dm_fail(DM_ERR_NOTIMPL, "attention_backward: not implemented yet (API placeholder)");
 }

@@ -40,6 +40,11 @@ typedef struct {
      * long, else the kernel allocates. Lets a model reuse warm pages across calls. */
     void *workspace;
     size_t workspace_bytes;
+    /* Optional output for training: lse[i * H + h] = log sum_j exp(scale q_i.k_j)
+     * over the keys row (i, h) sees (f32 [Tq, H]), what attention_backward
+     * needs. NULL: not written (inference). When set, the exact f32 path runs
+     * even if bf16 is asked for (training is f32). */
+    float *lse;
 } dm_attn_args;
 
 /* Bytes of workspace attention_forward can use for these arguments. */
@@ -50,5 +55,26 @@ int attention_bf16_available(void);
 
 dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
                             const dm_attn_args *a);
+
+/* Backward, FlashAttention-2 style (nothing Tq x Tk is ever stored):
+ * with P_ij = exp(scale q_i.k_j - lse_i) on the visible keys (0 elsewhere) and
+ * D_i = sum_c dout_ic out_ic (computed here from out, per row and head),
+ *   dv_j = sum_i P_ij dout_i
+ *   dS_ij = P_ij (dout_i . v_j - D_i)
+ *   dq_i = scale sum_j dS_ij k_j          dk_j = scale sum_i dS_ij q_i
+ * summed over the H / Hkv query heads sharing a kv head for dk, dv.
+ * Inputs: the forward's q, k, v, out and lse (attention_forward with a->lse
+ * set, same args). dq / dk / dv are OVERWRITTEN (their [H*Dk] / [Hkv*Dk] /
+ * [Hkv*Dv] part of each row) with the layouts and row strides of q / k / v;
+ * dout has the layout of out; dq, dk, dv must not overlap each other or the
+ * inputs. Same masking rules (segments, causal, GQA,
+ * Dk != Dv, scale) as the forward. The score blocks are recomputed twice: a
+ * pass parallel over (kv head, key block) owns dk/dv, a pass parallel over
+ * (head, query block) owns dq, so no two threads write one element and every
+ * element is summed in a fixed order: results are bit-identical for any
+ * thread count. Memory: per-thread block scratch plus D (Tq*H floats). */
+dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse,
+                             const dm_attn_args *a);
 
 #endif

@@ -72,20 +72,26 @@ float rope1d_softmax_scale(const dm_rope1d_params *p, int qk_head_dim) {
     return (float)s;
 }
 
+/* cos/sin of token position pos in float32 like torch (freq = float(pos) *
+ * inv_freq), times the attention factor. */
+static inline void rope1d_angles(float *cs, float *sn, int64_t pos, int half, const float *inv_freq,
+                                 float attn_factor) {
+    const float p = (float)pos;
+    for (int i = 0; i < half; i++) {
+        float f = p * inv_freq[i];
+        cs[i] = (float)cos((double)f) * attn_factor;
+        sn[i] = (float)sin((double)f) * attn_factor;
+    }
+}
+
 void rope1d_forward(float *x, int64_t T, int64_t n_heads, int64_t row_stride, int64_t head_stride,
                     int dim, int64_t pos0, const float *inv_freq, float attn_factor, int interleave) {
     const int half = dim / 2;
     #pragma omp parallel for schedule(static) if (T * n_heads > 64)
     for (int64_t t = 0; t < T; t++) {
-        /* cos/sin per token in float32 like torch (freq = float(pos) * inv_freq) */
         float cs[512], sn[512];
         float buf[1024];
-        const float pos = (float)(pos0 + t);
-        for (int i = 0; i < half; i++) {
-            float f = pos * inv_freq[i];
-            cs[i] = (float)cos((double)f) * attn_factor;
-            sn[i] = (float)sin((double)f) * attn_factor;
-        }
+        rope1d_angles(cs, sn, pos0 + t, half, inv_freq, attn_factor);
         for (int64_t h = 0; h < n_heads; h++) {
             float *v = x + t * row_stride + h * head_stride;
             if (interleave) {
@@ -99,6 +105,32 @@ void rope1d_forward(float *x, int64_t T, int64_t n_heads, int64_t row_stride, in
                     float a = v[i], b = v[half + i];
                     buf[i] = a * cs[i] - b * sn[i];
                     buf[half + i] = b * cs[i] + a * sn[i];
+                }
+            }
+            for (int i = 0; i < dim; i++) v[i] = buf[i];
+        }
+    }
+}
+
+void rope1d_backward(float *dx, int64_t T, int64_t n_heads, int64_t row_stride, int64_t head_stride,
+                     int dim, int64_t pos0, const float *inv_freq, float attn_factor, int interleave) {
+    const int half = dim / 2;
+    #pragma omp parallel for schedule(static) if (T * n_heads > 64)
+    for (int64_t t = 0; t < T; t++) {
+        float cs[512], sn[512];
+        float buf[1024];
+        rope1d_angles(cs, sn, pos0 + t, half, inv_freq, attn_factor);
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *v = dx + t * row_stride + h * head_stride;
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[half + i]; /* dy of the rotated pair */
+                float da = a * cs[i] + b * sn[i], db = b * cs[i] - a * sn[i];
+                if (interleave) {
+                    buf[2 * i] = da;
+                    buf[2 * i + 1] = db;
+                } else {
+                    buf[i] = da;
+                    buf[half + i] = db;
                 }
             }
             for (int i = 0; i < dim; i++) v[i] = buf[i];
@@ -141,6 +173,24 @@ void rope2d_forward(float *x, int64_t n, int64_t n_heads, int64_t row_stride, in
                 float x1 = v[i], x2 = v[i + half];
                 v[i] = x1 * c[i] - x2 * s[i];
                 v[i + half] = x2 * c[i] + x1 * s[i];
+            }
+        }
+    }
+}
+
+void rope2d_backward(float *dx, int64_t n, int64_t n_heads, int64_t row_stride, int head_dim,
+                     const float *cos_t, const float *sin_t) {
+    const int half = head_dim / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++) {
+        const float *c = cos_t + t * half, *s = sin_t + t * half;
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *v = dx + t * row_stride + h * head_dim;
+#pragma omp simd
+            for (int i = 0; i < half; i++) {
+                float g1 = v[i], g2 = v[i + half];
+                v[i] = g1 * c[i] + g2 * s[i];
+                v[i + half] = g2 * c[i] - g1 * s[i];
             }
         }
     }

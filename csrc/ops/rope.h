@@ -52,4 +52,20 @@ void rope2d_tables(float *cos_t, float *sin_t, const int32_t *rows, const int32_
 void rope2d_forward(float *x, int64_t n, int64_t n_heads, int64_t row_stride, int head_dim,
                     const float *cos_t, const float *sin_t);
 
+/* ---- Backwards (in place on the gradient, nothing saved) ----
+ * RoPE is a fixed orthogonal-times-attn_factor linear map per (token, head):
+ * y = A x, so dx = A^T dy. dx holds dy on entry (same layout and strides as the
+ * forward's x) and the input gradient on return. With c_i, s_i the cos/sin of
+ * frequency i (times attn_factor for 1D) and half = dim/2:
+ *   rope1d interleave=1 (y[i] = x[2i] c - x[2i+1] s, y[half+i] = x[2i+1] c + x[2i] s):
+ *       dx[2i] = dy[i] c + dy[half+i] s,   dx[2i+1] = dy[half+i] c - dy[i] s
+ *     (the gradient comes back in the interleaved input order)
+ *   rope1d interleave=0 and rope2d (rotate-half):
+ *       dx[i] = dy[i] c + dy[half+i] s,    dx[half+i] = dy[half+i] c - dy[i] s
+ * Same argument meanings as the forwards. */
+void rope1d_backward(float *dx, int64_t T, int64_t n_heads, int64_t row_stride, int64_t head_stride,
+                     int dim, int64_t pos0, const float *inv_freq, float attn_factor, int interleave);
+void rope2d_backward(float *dx, int64_t n, int64_t n_heads, int64_t row_stride, int head_dim,
+                     const float *cos_t, const float *sin_t);
+
 #endif

@@ -14,27 +14,43 @@ static inline __m512 swiglu16(__m512 g, __m512 u) {
     return _mm512_mul_ps(_mm512_div_ps(g, den), u);
 }
 
-void swiglu_forward(float *gate, const float *up, int64_t n) {
+void swiglu_forward_out(float *out, const float *gate, const float *up, int64_t n) {
     const int64_t blocks = n / 16;
     #pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t b = 0; b < blocks; b++) {
-        float *g = gate + b * 16;
-        _mm512_storeu_ps(g, swiglu16(_mm512_loadu_ps(g), _mm512_loadu_ps(up + b * 16)));
-    }
+    for (int64_t b = 0; b < blocks; b++)
+        _mm512_storeu_ps(out + b * 16, swiglu16(_mm512_loadu_ps(gate + b * 16), _mm512_loadu_ps(up + b * 16)));
     int64_t rest = n - blocks * 16;
     if (rest) {
         __mmask16 k = (__mmask16)((1u << rest) - 1);
-        float *g = gate + blocks * 16;
-        __m512 v = swiglu16(_mm512_maskz_loadu_ps(k, g), _mm512_maskz_loadu_ps(k, up + blocks * 16));
-        _mm512_mask_storeu_ps(g, k, v);
+        __m512 v = swiglu16(_mm512_maskz_loadu_ps(k, gate + blocks * 16), _mm512_maskz_loadu_ps(k, up + blocks * 16));
+        _mm512_mask_storeu_ps(out + blocks * 16, k, v);
     }
 }
 #else
-void swiglu_forward(float *gate, const float *up, int64_t n) {
+void swiglu_forward_out(float *out, const float *gate, const float *up, int64_t n) {
     #pragma omp parallel for schedule(static) if (n > 32768)
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
     }
 }
 #endif
+
+void swiglu_forward(float *gate, const float *up, int64_t n) { swiglu_forward_out(gate, gate, up, n); }
+
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                     int64_t n, int accumulate) {
+    #pragma omp parallel for schedule(static) if (n > 32768)
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i], u = up[i], d = dout[i];
+        const float s = 1.0f / (1.0f + expf(-g));
+        const float dg = d * u * s * (1.0f + g * (1.0f - s)), du = d * g * s;
+        if (accumulate) {
+            dgate[i] += dg;
+            dup[i] += du;
+        } else {
+            dgate[i] = dg;
+            dup[i] = du;
+        }
+    }
+}

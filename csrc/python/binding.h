@@ -15,6 +15,8 @@
 #include "backend/matmul.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "model/llm.h"
+#include "model/vision.h"
 
 /* Raise the Python exception matching a failed core status (message from the
  * core's thread-local error). Returns NULL so callers can `return dm_py_raise(s);`. */
@@ -40,11 +42,19 @@ struct dm_checkpoint *dm_py_checkpoint(PyObject *obj);
 struct dm_session;
 struct dm_session *dm_py_session(PyObject *obj);
 
+/* Config dicts (densemllm.vision.vision_config_dict / densemllm.llm.lm_config_dict)
+ * parsed into the core's structs; 0 with a Python exception on bad input. */
+int dm_py_vision_config(PyObject *d, dm_vision_config *out);
+int dm_py_llm_config(PyObject *d, dm_llm_config *out);
+
 int dm_py_register_core(PyObject *m);
 int dm_py_register_io(PyObject *m);
 int dm_py_register_vision(PyObject *m);
 int dm_py_register_llm(PyObject *m);
 int dm_py_register_dense(PyObject *m);
 int dm_py_register_ntpm(PyObject *m);
+int dm_py_register_train(PyObject *m);
+int dm_py_register_ops(PyObject *m);
+int dm_py_register_train_optim(PyObject *m);
 
 #endif

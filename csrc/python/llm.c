@@ -69,19 +69,10 @@ static int cfg_float(PyObject *d, const char *key, int required, double dflt, do
     return !(*out == -1.0 && PyErr_Occurred());
 }
 
-static PyObject *LanguageModel_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"checkpoint", "config", "backend", NULL};
-    PyObject *ck_obj, *cfg_obj, *backend_obj = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|O", kwlist, &ck_obj, &PyDict_Type, &cfg_obj,
-                                     &backend_obj))
-        return NULL;
-    struct dm_checkpoint *ck = dm_py_checkpoint(ck_obj);
-    if (!ck) return NULL;
-    dm_backend backend = DM_BACKEND_ONEDNN;
-    if (backend_obj && backend_obj != Py_None && !dm_py_backend(backend_obj, &backend)) return NULL;
+int dm_py_llm_config(PyObject *d, dm_llm_config *out) {
+    if (!PyDict_Check(d)) return PyErr_Format(PyExc_TypeError, "language model config must be a dict"), 0;
     dm_llm_config c = {0};
     int64_t b_interleave, b_bias, b_tied, b_yarn, b_trunc;
-    PyObject *d = cfg_obj;
     if (!cfg_int(d, "vocab_size", 1, 0, &c.vocab) || !cfg_int(d, "hidden_size", 1, 0, &c.hidden) ||
         !cfg_int(d, "intermediate_size", 1, 0, &c.inter) ||
         !cfg_int(d, "num_hidden_layers", 1, 0, &c.n_layers) ||
@@ -105,13 +96,29 @@ static PyObject *LanguageModel_new(PyTypeObject *type, PyObject *args, PyObject 
         !cfg_float(d, "rope_mscale_all_dim", 0, 0, &c.rope_params.mscale_all_dim) ||
         !cfg_float(d, "rope_attention_factor", 0, 0, &c.rope_params.attention_factor) ||
         !cfg_int(d, "rope_truncate", 0, 1, &b_trunc))
-        return NULL;
+        return 0;
     if (c.n_kv_heads < 0) c.n_kv_heads = c.n_heads;
     c.rope_interleave = b_interleave != 0;
     c.attention_bias = b_bias != 0;
     c.tied = b_tied != 0;
     c.rope_params.yarn = b_yarn != 0;
     c.rope_params.truncate = b_trunc != 0;
+    *out = c;
+    return 1;
+}
+
+static PyObject *LanguageModel_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"checkpoint", "config", "backend", NULL};
+    PyObject *ck_obj, *cfg_obj, *backend_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|O", kwlist, &ck_obj, &PyDict_Type, &cfg_obj,
+                                     &backend_obj))
+        return NULL;
+    struct dm_checkpoint *ck = dm_py_checkpoint(ck_obj);
+    if (!ck) return NULL;
+    dm_backend backend = DM_BACKEND_ONEDNN;
+    if (backend_obj && backend_obj != Py_None && !dm_py_backend(backend_obj, &backend)) return NULL;
+    dm_llm_config c;
+    if (!dm_py_llm_config(cfg_obj, &c)) return NULL;
     dm_llm *llm = NULL;
     dm_status st = dm_llm_create(ck, &c, backend, &llm);
     if (st != DM_OK) return dm_py_raise(st);

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "core/threads.h"
-#include "dense/ntpm.h"
+#include "train/ntpm.h"
 
 static const char *const variant_names[NTPM_VARIANT_COUNT] = {
     "ntpm", "bce", "individual", "balanced", "focal", "ohem", "ntp_ce",

@@ -220,15 +220,8 @@ static int cfg_get_float(PyObject *d, const char *key, double dflt, float *out) 
     return 1;
 }
 
-static PyObject *VisionTower_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"checkpoint", "config", "backend", NULL};
-    PyObject *ck_obj, *d, *backend_obj = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|O", kwlist, &ck_obj, &PyDict_Type, &d, &backend_obj))
-        return NULL;
-    struct dm_checkpoint *ck = dm_py_checkpoint(ck_obj);
-    if (!ck) return NULL;
-    dm_backend backend = DM_BACKEND_ONEDNN;
-    if (backend_obj != Py_None && !dm_py_backend(backend_obj, &backend)) return NULL;
+int dm_py_vision_config(PyObject *d, dm_vision_config *out) {
+    if (!PyDict_Check(d)) return PyErr_Format(PyExc_TypeError, "vision config must be a dict"), 0;
     dm_vision_config c;
     memset(&c, 0, sizeof c);
     if (!cfg_get_int(d, "hidden_size", &c.hidden) || !cfg_get_int(d, "num_attention_heads", &c.heads) ||
@@ -239,36 +232,51 @@ static PyObject *VisionTower_new(PyTypeObject *type, PyObject *args, PyObject *k
         !cfg_get_float(d, "layer_norm_eps", 1e-6, &c.ln_eps) ||
         !cfg_get_float(d, "merger_eps", 1e-6, &c.merger_eps) ||
         !cfg_get_float(d, "rope_theta", 10000.0, &c.rope_theta))
-        return NULL;
+        return 0;
     if (c.layers > DM_VISION_MAX_LAYERS)
-        return PyErr_Format(PyExc_ValueError, "vision config: at most %d layers", DM_VISION_MAX_LAYERS);
+        return PyErr_Format(PyExc_ValueError, "vision config: at most %d layers", DM_VISION_MAX_LAYERS), 0;
     PyObject *act = PyDict_GetItemString(d, "hidden_act");
     const char *an = act && PyUnicode_Check(act) ? PyUnicode_AsUTF8(act) : "gelu_pytorch_tanh";
-    if (!an) return NULL;
+    if (!an) return 0;
     if (!strcmp(an, "gelu_pytorch_tanh") || !strcmp(an, "gelu_tanh") || !strcmp(an, "gelu_new"))
         c.gelu_tanh = 1;
     else if (!strcmp(an, "gelu"))
         c.gelu_tanh = 0;
     else
-        return PyErr_Format(PyExc_ValueError, "vision config: unsupported hidden_act '%s'", an);
+        return PyErr_Format(PyExc_ValueError, "vision config: unsupported hidden_act '%s'", an), 0;
     PyObject *fa = PyDict_GetItemString(d, "fullatt_block_indexes");
     if (fa && fa != Py_None) {
         PyObject *seq = PySequence_Fast(fa, "vision config: fullatt_block_indexes must be a sequence");
-        if (!seq) return NULL;
+        if (!seq) return 0;
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
             long long li = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
             if (li == -1 && PyErr_Occurred()) {
                 Py_DECREF(seq);
-                return NULL;
+                return 0;
             }
             if (li < 0 || li >= c.layers) {
                 Py_DECREF(seq);
-                return PyErr_Format(PyExc_ValueError, "fullatt_block_indexes: %lld out of range", li);
+                return PyErr_Format(PyExc_ValueError, "fullatt_block_indexes: %lld out of range", li), 0;
             }
             c.full_attn[li] = 1;
         }
         Py_DECREF(seq);
     }
+    *out = c;
+    return 1;
+}
+
+static PyObject *VisionTower_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"checkpoint", "config", "backend", NULL};
+    PyObject *ck_obj, *d, *backend_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|O", kwlist, &ck_obj, &PyDict_Type, &d, &backend_obj))
+        return NULL;
+    struct dm_checkpoint *ck = dm_py_checkpoint(ck_obj);
+    if (!ck) return NULL;
+    dm_backend backend = DM_BACKEND_ONEDNN;
+    if (backend_obj != Py_None && !dm_py_backend(backend_obj, &backend)) return NULL;
+    dm_vision_config c;
+    if (!dm_py_vision_config(d, &c)) return NULL;
     dm_vision *v;
     dm_status s = vision_create(ck, &c, backend, &v);
     if (s != DM_OK) return dm_py_raise(s);

@@ -5,8 +5,8 @@
  * Targets are sparse: per token a CSR list of positive ids, and a validity set
  * that is all ids, one [V] mask shared by all tokens, or a CSR id list per token.
  * No dense [L, V] target is ever built; the gradient is the only [L, V] output. */
-#ifndef DM_DENSE_NTPM_H
-#define DM_DENSE_NTPM_H
+#ifndef DM_TRAIN_NTPM_H
+#define DM_TRAIN_NTPM_H
 
 #include <stdint.h>
 
@@ -41,12 +41,17 @@ typedef struct {
     const int64_t *pos_offsets; /* [L + 1] */
     const int64_t *pos_ids;     /* [n_pos] */
     int64_t n_pos;
-    /* Validity: valid_mask [V] (nonzero = valid) shared by all tokens, or per-token
-     * CSR sets (duplicates ignored), or neither (all ids valid). Not both. */
+    /* Validity: valid_mask [V] (nonzero = valid) shared by all tokens, or CSR id
+     * sets (duplicates ignored), or neither (all ids valid). Not both. With sets,
+     * token i uses set valid_set[i] (valid_set NULL: set i, one set per token), so
+     * a per-sample set is stored once. n_sets: the number of sets (valid_offsets
+     * has n_sets + 1 entries); 0 with valid_set NULL means n_sets = L. */
     const uint8_t *valid_mask;
-    const int64_t *valid_offsets; /* [L + 1] */
+    const int64_t *valid_offsets; /* [n_sets + 1] */
     const int64_t *valid_ids;     /* [n_valid] */
     int64_t n_valid;
+    const int64_t *valid_set;     /* [L] set index per token, or NULL */
+    int64_t n_sets;
     /* ntp_ce only: label per token (-1 = ignore the token), or NULL to use each
      * token's first positive (in the given order) that is valid. */
     const int64_t *labels;
@@ -67,6 +72,11 @@ typedef struct {
     float *vals;     /* [L, stride] */
     int64_t *count;  /* [L] */
 } ntpm_sparse_grad;
+
+/* Validates `a` (sizes, offsets, ids, parameters; no logits are read) and counts
+ * the tokens that are active (not masked: a non-empty valid set and, for ntp_ce,
+ * a label). */
+dm_status ntpm_count_active(const ntpm_args *a, int64_t *n_active);
 
 /* Validates `a` and gives the per-token capacity a sparse gradient needs (the most
  * positives of a token + the most negatives kept). ntpm and ohem only. */

@@ -12,7 +12,7 @@
  *   full-scan ablations use float32 exp/log1p per id (sp_sig_f; 16 ids at a time with
  *   libmvec on AVX-512 when the valid set is a whole row); token losses are summed in
  *   double in token order, so results do not depend on threads. */
-#include "dense/ntpm.h"
+#include "train/ntpm.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -353,8 +353,9 @@ static double token_loss_grad(const ctx *c, scratch *s, int64_t i, const float *
     const ntpm_args *a = c->a;
     const int64_t V = a->V;
     const int per_token = a->valid_offsets != NULL;
-    const int64_t *vids = per_token ? a->valid_ids + a->valid_offsets[i] : NULL;
-    const int64_t nv = per_token ? a->valid_offsets[i + 1] - a->valid_offsets[i] : 0;
+    const int64_t set = a->valid_set ? a->valid_set[i] : i;
+    const int64_t *vids = per_token ? a->valid_ids + a->valid_offsets[set] : NULL;
+    const int64_t nv = per_token ? a->valid_offsets[set + 1] - a->valid_offsets[set] : 0;
     const int64_t *pids = a->pos_ids + a->pos_offsets[i];
     const int64_t npl = a->pos_offsets[i + 1] - a->pos_offsets[i];
     double loss = 0;
@@ -609,11 +610,11 @@ done:
 }
 
 /* Sequential checks of sizes, offsets and ids; counts what the scratch needs. */
-static dm_status validate(const ntpm_args *a, int64_t *mask_count, int64_t *max_pos) {
+static dm_status validate(const ntpm_args *a, int need_logits, int64_t *mask_count, int64_t *max_pos) {
     if (a->L < 0 || a->V < 1 || a->V > INT32_MAX)
         return dm_fail(DM_ERR_VALUE, "ntpm: need L >= 0 and 1 <= V < 2^31, got L=%lld V=%lld",
                        (long long)a->L, (long long)a->V);
-    if ((a->logits == NULL) == (a->logits_bf16 == NULL))
+    if (need_logits && (a->logits == NULL) == (a->logits_bf16 == NULL))
         return dm_fail(DM_ERR_VALUE, "ntpm: give exactly one of f32 or bf16 logits");
     if ((unsigned)a->variant >= NTPM_VARIANT_COUNT)
         return dm_fail(DM_ERR_VALUE, "ntpm: unknown variant %d", (int)a->variant);
@@ -628,10 +629,23 @@ static dm_status validate(const ntpm_args *a, int64_t *mask_count, int64_t *max_
         return dm_fail(DM_ERR_VALUE, "ntpm: ohem_ratio must be finite and > 0, got %g", a->ohem_ratio);
     if (a->valid_mask && a->valid_offsets)
         return dm_fail(DM_ERR_VALUE, "ntpm: give a shared valid mask or per-token valid sets, not both");
+    const int64_t n_sets = a->valid_set || a->n_sets ? a->n_sets : a->L;
+    if (a->valid_offsets && n_sets < 0)
+        return dm_fail(DM_ERR_VALUE, "ntpm: n_sets must be >= 0, got %lld", (long long)n_sets);
+    if (a->valid_set) {
+        if (!a->valid_offsets) return dm_fail(DM_ERR_VALUE, "ntpm: valid_set needs valid sets");
+        for (int64_t i = 0; i < a->L; i++)
+            if (a->valid_set[i] < 0 || a->valid_set[i] >= n_sets)
+                return dm_fail(DM_ERR_VALUE, "ntpm: valid set %lld of token %lld is out of range [0, %lld)",
+                               (long long)a->valid_set[i], (long long)i, (long long)n_sets);
+    } else if (a->valid_offsets && n_sets != a->L) {
+        return dm_fail(DM_ERR_VALUE, "ntpm: %lld valid sets for %lld tokens need a token -> set map",
+                       (long long)n_sets, (long long)a->L);
+    }
 
-    const struct { const char *name; const int64_t *off, *ids; int64_t n; } lists[2] = {
-        {"positives", a->pos_offsets, a->pos_ids, a->n_pos},
-        {"valid", a->valid_offsets, a->valid_ids, a->n_valid},
+    const struct { const char *name; const int64_t *off, *ids; int64_t n, rows; } lists[2] = {
+        {"positives", a->pos_offsets, a->pos_ids, a->n_pos, a->L},
+        {"valid", a->valid_offsets, a->valid_ids, a->n_valid, n_sets},
     };
     *max_pos = 0;
     for (int l = 0; l < 2; l++) {
@@ -642,10 +656,11 @@ static dm_status validate(const ntpm_args *a, int64_t *mask_count, int64_t *max_
         }
         if (lists[l].n < 0 || (lists[l].n > 0 && !lists[l].ids))
             return dm_fail(DM_ERR_VALUE, "ntpm: %s: bad id array", lists[l].name);
-        if (off[0] != 0 || off[a->L] != lists[l].n)
+        const int64_t rows = lists[l].rows;
+        if (off[0] != 0 || off[rows] != lists[l].n)
             return dm_fail(DM_ERR_VALUE, "ntpm: %s offsets must start at 0 and end at %lld (the number of ids), got %lld..%lld",
-                           lists[l].name, (long long)lists[l].n, (long long)off[0], (long long)off[a->L]);
-        for (int64_t i = 0; i < a->L; i++) {
+                           lists[l].name, (long long)lists[l].n, (long long)off[0], (long long)off[rows]);
+        for (int64_t i = 0; i < rows; i++) {
             if (off[i + 1] < off[i])
                 return dm_fail(DM_ERR_VALUE, "ntpm: %s offsets decrease at token %lld", lists[l].name, (long long)i);
             if (l == 0 && off[i + 1] - off[i] > *max_pos) *max_pos = off[i + 1] - off[i];
@@ -655,8 +670,9 @@ static dm_status validate(const ntpm_args *a, int64_t *mask_count, int64_t *max_
             if (v < 0 || v >= a->V) {
                 int64_t tok = 0;
                 while (off[tok + 1] <= j) tok++;
-                return dm_fail(DM_ERR_VALUE, "ntpm: %s id %lld of token %lld is out of range [0, %lld)",
-                               lists[l].name, (long long)v, (long long)tok, (long long)a->V);
+                return dm_fail(DM_ERR_VALUE, "ntpm: %s id %lld of %s %lld is out of range [0, %lld)",
+                               lists[l].name, (long long)v, l == 1 && a->valid_set ? "set" : "token",
+                               (long long)tok, (long long)a->V);
             }
         }
     }
@@ -674,7 +690,8 @@ static dm_status validate(const ntpm_args *a, int64_t *mask_count, int64_t *max_
 /* Whether token i is active (not masked); `marks` is a zeroed [V] scratch. */
 static int token_active(const ntpm_args *a, int64_t mask_count, int64_t i, uint8_t *marks) {
     const int per_token = a->valid_offsets != NULL;
-    int64_t nv = per_token ? a->valid_offsets[i + 1] - a->valid_offsets[i] : 0;
+    const int64_t set = a->valid_set ? a->valid_set[i] : i;
+    int64_t nv = per_token ? a->valid_offsets[set + 1] - a->valid_offsets[set] : 0;
     if (per_token ? nv == 0 : (a->valid_mask && mask_count == 0)) return 0;
     if (a->variant != NTPM_VARIANT_NTP_CE) return 1;
     if (a->labels) return a->labels[i] >= 0;
@@ -686,7 +703,7 @@ static int token_active(const ntpm_args *a, int64_t mask_count, int64_t i, uint8
         for (int64_t j = 0; j < npl && !found; j++) found = !a->valid_mask || a->valid_mask[p[j]];
         return found;
     }
-    const int64_t *vids = a->valid_ids + a->valid_offsets[i];
+    const int64_t *vids = a->valid_ids + a->valid_offsets[set];
     for (int64_t j = 0; j < nv; j++) marks[vids[j]] = 1;
     for (int64_t j = 0; j < npl && !found; j++) found = marks[p[j]];
     for (int64_t j = 0; j < nv; j++) marks[vids[j]] = 0;
@@ -703,9 +720,23 @@ static int64_t heap_capacity(const ntpm_args *a, int64_t max_pos) {
     return 0;
 }
 
+dm_status ntpm_count_active(const ntpm_args *a, int64_t *n_active) {
+    int64_t mask_count = 0, max_pos = 0;
+    DM_TRY(validate(a, 0, &mask_count, &max_pos));
+    uint8_t *marks = NULL;
+    if (a->variant == NTPM_VARIANT_NTP_CE && !a->labels && a->valid_offsets &&
+        !(marks = dm_calloc((size_t)a->V, 1, "ntpm marks")))
+        return DM_ERR_NOMEM;
+    int64_t active = 0;
+    for (int64_t i = 0; i < a->L; i++) active += token_active(a, mask_count, i, marks);
+    dm_free(marks);
+    *n_active = active;
+    return DM_OK;
+}
+
 dm_status ntpm_sparse_stride(const ntpm_args *a, int64_t *stride) {
     int64_t mask_count = 0, max_pos = 0;
-    DM_TRY(validate(a, &mask_count, &max_pos));
+    DM_TRY(validate(a, 0, &mask_count, &max_pos));
     if (a->variant != NTPM_VARIANT_NTPM && a->variant != NTPM_VARIANT_OHEM)
         return dm_fail(DM_ERR_VALUE, "ntpm: a sparse gradient is only available for variants ntpm and ohem");
     int64_t st = max_pos + heap_capacity(a, max_pos);
@@ -716,7 +747,7 @@ dm_status ntpm_sparse_stride(const ntpm_args *a, int64_t *stride) {
 dm_status ntpm_forward_backward(const ntpm_args *a, double *loss, float *token_loss, float *grad,
                                 int grad_zeroed, const ntpm_sparse_grad *sparse, int64_t *n_active) {
     int64_t mask_count = 0, max_pos = 0;
-    DM_TRY(validate(a, &mask_count, &max_pos));
+    DM_TRY(validate(a, 1, &mask_count, &max_pos));
     const int64_t L = a->L, V = a->V;
     if (sparse) {
         int64_t need = 0;
