@@ -5,6 +5,7 @@ from .checkpoint import load
 from .model import Model
 from .parse import rle_decode, rle_encode
 from .losses import ntpm_loss
+from . import train  # densemllm.train.TrainableModel
 
 __version__ = "0.1.0"
 

@@ -572,9 +572,9 @@ int attention_bf16_available(void) {
 #endif
 }
 
-dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
-                            const dm_attn_args *a) {
-    if (!out || !q || !k || !v || !a) return dm_fail(DM_ERR_VALUE, "attention: NULL pointer");
+/* Validate the arguments shared by the forward and the backward; resolves the
+ * row strides (st = q, k, v, out) and the segment count. */
+static dm_status attn_check(const dm_attn_args *a, int64_t st[4], int64_t *n_seg_out) {
     if (a->Tq < 0 || a->Tk < 0 || a->H <= 0 || a->Hkv <= 0 || a->Dk <= 0 || a->Dv <= 0)
         return dm_fail(DM_ERR_VALUE, "attention: bad sizes Tq=%lld Tk=%lld H=%d Hkv=%d Dk=%d Dv=%d",
                        (long long)a->Tq, (long long)a->Tk, a->H, a->Hkv, a->Dk, a->Dv);
@@ -584,16 +584,15 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
     if (a->causal && a->Tq > a->Tk)
         return dm_fail(DM_ERR_VALUE, "attention: causal needs Tq <= Tk (got %lld > %lld)",
                        (long long)a->Tq, (long long)a->Tk);
-    if (a->Tq == 0) return DM_OK;
-    if (a->Tk == 0) return dm_fail(DM_ERR_VALUE, "attention: no keys for %lld queries", (long long)a->Tq);
-    const int64_t qs = a->q_stride ? a->q_stride : (int64_t)a->H * a->Dk;
-    const int64_t ks = a->k_stride ? a->k_stride : (int64_t)a->Hkv * a->Dk;
-    const int64_t vs = a->v_stride ? a->v_stride : (int64_t)a->Hkv * a->Dv;
-    const int64_t os = a->out_stride ? a->out_stride : (int64_t)a->H * a->Dv;
-    if (qs < (int64_t)a->H * a->Dk || ks < (int64_t)a->Hkv * a->Dk || vs < (int64_t)a->Hkv * a->Dv ||
-        os < (int64_t)a->H * a->Dv)
+    if (a->Tq > 0 && a->Tk == 0)
+        return dm_fail(DM_ERR_VALUE, "attention: no keys for %lld queries", (long long)a->Tq);
+    st[0] = a->q_stride ? a->q_stride : (int64_t)a->H * a->Dk;
+    st[1] = a->k_stride ? a->k_stride : (int64_t)a->Hkv * a->Dk;
+    st[2] = a->v_stride ? a->v_stride : (int64_t)a->Hkv * a->Dv;
+    st[3] = a->out_stride ? a->out_stride : (int64_t)a->H * a->Dv;
+    if (st[0] < (int64_t)a->H * a->Dk || st[1] < (int64_t)a->Hkv * a->Dk || st[2] < (int64_t)a->Hkv * a->Dv ||
+        st[3] < (int64_t)a->H * a->Dv)
         return dm_fail(DM_ERR_VALUE, "attention: row stride smaller than the row");
-
     int64_t n_seg = (a->segments && a->n_seg > 0) ? a->n_seg : 1;
     if (a->segments && a->n_seg > 0) {
         if (a->Tq != a->Tk)
@@ -607,6 +606,17 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
                 return dm_fail(DM_ERR_VALUE, "attention: segment boundaries must increase (at %lld)",
                                (long long)s);
     }
+    *n_seg_out = n_seg;
+    return DM_OK;
+}
+
+dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
+                            const dm_attn_args *a) {
+    if (!out || !q || !k || !v || !a) return dm_fail(DM_ERR_VALUE, "attention: NULL pointer");
+    int64_t strides[4] = {0, 0, 0, 0}, n_seg = 1;
+    DM_TRY(attn_check(a, strides, &n_seg));
+    if (a->Tq == 0) return DM_OK;
+    const int64_t qs = strides[0], ks = strides[1], vs = strides[2], os = strides[3];
 
     /* Work items: query blocks that never cross a segment boundary. */
     int64_t n_items = 0;
@@ -699,9 +709,291 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
     return DM_OK;
 }
 
+/* ---------------- backward (FlashAttention-2 style, f32) ----------------
+ * D_i = dout_i . out_i per (row, head). Two passes recompute the score blocks
+ * from q, k and the saved lse (P = exp(scale s - lse), exact softmax, no running
+ * max needed):
+ *   pass A, one item per (kv head g, key block inside one segment): loop over the
+ *     query heads of g and the query blocks that see the block; dV += P^T dO,
+ *     dK += dS^T Q; the item owns its rows of dk / dv.
+ *   pass B, one item per (head, query block) as in the forward: dQ += dS K over
+ *     the visible key blocks; the item owns its rows of dq.
+ * Every output element is written by one thread and summed in a fixed order. */
+
+typedef struct {
+    int64_t j0, j1; /* key rows [j0, j1), within one segment */
+    int64_t i0, i1; /* the segment's query range */
+} kv_item;
+
+/* S[r][0..BK) = a_r . bT[:, j] for r < nr (rows nr..BQ-1 not written);
+ * bT is [D][BK], a rows at a0 + r*as (D contiguous floats each). */
+static void block_products(float *S, const float *a0, int64_t as, int64_t nr, const float *bT, int D) {
+    for (int64_t r = 0; r < nr; r += 4) {
+#if defined(__AVX512F__)
+        const float *rows[4];
+        for (int x = 0; x < 4; x++) rows[x] = a0 + (r + x < nr ? r + x : r) * as;
+        if (r + 4 <= nr) {
+            qk_block(S + r * BK, rows, bT, D);
+        } else { /* keep rows >= nr of S untouched: compute into a temporary */
+            float tmp[4 * BK] __attribute__((aligned(64)));
+            qk_block(tmp, rows, bT, D);
+            memcpy(S + r * BK, tmp, (size_t)(nr - r) * BK * sizeof(float));
+        }
+#else
+        for (int64_t x = r; x < r + 4 && x < nr; x++) {
+            const float *ar = a0 + x * as;
+            float *sr = S + x * BK;
+            for (int j = 0; j < BK; j++) sr[j] = 0.0f;
+            for (int d = 0; d < D; d++) {
+                const float ad = ar[d];
+                const float *bd = bT + (int64_t)d * BK;
+#pragma omp simd
+                for (int j = 0; j < BK; j++) sr[j] += ad * bd[j];
+            }
+        }
+#endif
+    }
+}
+
+/* acc[r][0..D) += sum_{j < nj} W[r][j] b_j for r < nr (W rows BK apart, b rows bs
+ * apart); acc rows D apart, rows up to nr rounded up to 4 must exist (the extra
+ * rows of W must be zero). */
+static void block_accumulate(float *acc, const float *W, int64_t nr, const float *b, int64_t bs, int nj, int D) {
+    for (int64_t r = 0; r < nr; r += 4) {
+#if defined(__AVX512F__)
+        pv_block(acc + r * D, W + r * BK, b, bs, nj, D);
+#else
+        for (int64_t x = r; x < r + 4; x++) {
+            float *ar = acc + x * D;
+            const float *wr = W + x * BK;
+            for (int j = 0; j < nj; j++) {
+                const float w = wr[j];
+                const float *bj = b + (int64_t)j * bs;
+#pragma omp simd
+                for (int c = 0; c < D; c++) ar[c] += w * bj[c];
+            }
+        }
+#endif
+    }
+}
+
+/* Row r of the probabilities and of dS: P = exp(scale s - lse) on keys [0, vis),
+ * 0 elsewhere; dS = P (dP - Di). s and dp hold the raw scores and dO.V^T. */
+static inline void grad_row(float *s, float *dp, int vis, float scale, float lse, float Di) {
+#if defined(__AVX512F__)
+    const __m512 vs = _mm512_set1_ps(scale), vl = _mm512_set1_ps(lse), vd = _mm512_set1_ps(Di);
+    for (int x = 0; x < BK / 16; x++) {
+        int j = 16 * x;
+        __mmask16 m = vis - j >= 16 ? 0xffff : vis - j <= 0 ? 0 : (__mmask16)((1u << (vis - j)) - 1);
+        __m512 p = _mm512_maskz_mov_ps(m, dm_exp16(_mm512_fmsub_ps(_mm512_load_ps(s + j), vs, vl)));
+        _mm512_store_ps(s + j, p);
+        _mm512_store_ps(dp + j, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_load_ps(dp + j), vd)));
+    }
+#else
+    for (int j = 0; j < BK; j++) {
+        float p = j < vis ? expf(s[j] * scale - lse) : 0.0f;
+        s[j] = p;
+        dp[j] = p * (dp[j] - Di);
+    }
+#endif
+}
+
+/* dst[c][r] = src[r][c] for a BK x BK block (rows / columns past the used ones are zero in src). */
+static void transpose_sq(float *dst, const float *src) {
+    for (int r = 0; r < BK; r++)
+        for (int c = 0; c < BK; c++) dst[(int64_t)c * BK + r] = src[(int64_t)r * BK + c];
+}
+
+typedef struct {
+    float *dq, *dk, *dv;
+    const float *dout, *q, *k, *v, *lse, *D;
+    int64_t qs, ks, vs, os;
+    const dm_attn_args *a;
+    /* K and V of every (kv head g, key block item b) transposed once, up front:
+     * kTp + (g * n_kv + b) * Dk * BK is [Dk][BK], vTp likewise [Dv][BK] */
+    const float *kTp, *vTp;
+    int64_t n_kv;
+} bwd_ctx;
+
+/* Visible keys of a key block starting at kb (nk keys) for query i: causal rows
+ * see keys <= shift + i. */
+static inline int visible_keys(const dm_attn_args *a, int64_t i, int64_t kb, int nk) {
+    if (!a->causal) return nk;
+    int64_t lim = (a->Tk - a->Tq) + i + 1 - kb;
+    return lim < 0 ? 0 : lim > nk ? nk : (int)lim;
+}
+
+static void bwd_kv_item(const bwd_ctx *c, const kv_item *it, int64_t b, int g, float *S, float *dP, float *PT,
+                        float *dST, float *dKa, float *dVa) {
+    const dm_attn_args *a = c->a;
+    const int Dk = a->Dk, Dv = a->Dv, rep = a->H / a->Hkv;
+    const int nk = (int)(it->j1 - it->j0);
+    const int64_t shift = a->Tk - a->Tq;
+    const float *kT = c->kTp + ((int64_t)g * c->n_kv + b) * Dk * BK;
+    const float *vT = c->vTp + ((int64_t)g * c->n_kv + b) * Dv * BK;
+    memset(dKa, 0, (size_t)BK * Dk * sizeof(float));
+    memset(dVa, 0, (size_t)BK * Dv * sizeof(float));
+    int64_t ilo = it->i0;
+    if (a->causal && it->j0 - shift > ilo) ilo = it->j0 - shift; /* earlier queries see none of it */
+    for (int hh = 0; hh < rep; hh++) {
+        const int h = g * rep + hh;
+        const float *qh = c->q + (int64_t)h * Dk, *oh = c->dout + (int64_t)h * Dv;
+        for (int64_t i0 = ilo; i0 < it->i1; i0 += BQ) {
+            const int64_t nq = it->i1 - i0 < BQ ? it->i1 - i0 : BQ;
+            block_products(S, qh + i0 * c->qs, c->qs, nq, kT, Dk);
+            block_products(dP, oh + i0 * c->os, c->os, nq, vT, Dv);
+            for (int64_t r = 0; r < nq; r++) {
+                const int64_t i = i0 + r;
+                grad_row(S + r * BK, dP + r * BK, visible_keys(a, i, it->j0, nk), a->scale,
+                         c->lse[i * a->H + h], c->D[i * a->H + h]);
+            }
+            if (nq < BQ) { /* unused rows must not contribute */
+                memset(S + nq * BK, 0, (size_t)(BQ - nq) * BK * sizeof(float));
+                memset(dP + nq * BK, 0, (size_t)(BQ - nq) * BK * sizeof(float));
+            }
+            transpose_sq(PT, S);
+            transpose_sq(dST, dP);
+            /* dV[j] += sum_r P[r][j] dO_r, dK[j] += sum_r dS[r][j] q_r */
+            block_accumulate(dVa, PT, nk, oh + i0 * c->os, c->os, (int)nq, Dv);
+            block_accumulate(dKa, dST, nk, qh + i0 * c->qs, c->qs, (int)nq, Dk);
+        }
+    }
+    for (int j = 0; j < nk; j++) {
+        float *dkr = c->dk + (it->j0 + j) * c->ks + (int64_t)g * Dk;
+        float *dvr = c->dv + (it->j0 + j) * c->vs + (int64_t)g * Dv;
+        const float *ka = dKa + (int64_t)j * Dk, *va = dVa + (int64_t)j * Dv;
+        for (int x = 0; x < Dk; x++) dkr[x] = a->scale * ka[x];
+        memcpy(dvr, va, (size_t)Dv * sizeof(float));
+    }
+}
+
+/* first_kv: index of the kv item holding key it->k0 (the segment's first block). */
+static void bwd_q_item(const bwd_ctx *c, const attn_item *it, int64_t first_kv, int h, float *S, float *dP,
+                       float *dQa) {
+    const dm_attn_args *a = c->a;
+    const int Dk = a->Dk, Dv = a->Dv, g = h / (a->H / a->Hkv);
+    const int64_t nq = it->q1 - it->q0, shift = a->Tk - a->Tq;
+    int64_t khi = it->k1;
+    if (a->causal && shift + it->q1 < khi) khi = shift + it->q1;
+    const float *qh = c->q + (int64_t)h * Dk + it->q0 * c->qs, *oh = c->dout + (int64_t)h * Dv + it->q0 * c->os;
+    memset(dQa, 0, (size_t)BQ * Dk * sizeof(float));
+    for (int64_t kb = it->k0; kb < khi; kb += BK) {
+        const int nk = (int)(khi - kb < BK ? khi - kb : BK);
+        const int64_t b = first_kv + (kb - it->k0) / BK;
+        const float *kT = c->kTp + ((int64_t)g * c->n_kv + b) * Dk * BK;
+        const float *vT = c->vTp + ((int64_t)g * c->n_kv + b) * Dv * BK;
+        block_products(S, qh, c->qs, nq, kT, Dk);
+        block_products(dP, oh, c->os, nq, vT, Dv);
+        for (int64_t r = 0; r < nq; r++) {
+            const int64_t i = it->q0 + r;
+            grad_row(S + r * BK, dP + r * BK, visible_keys(a, i, kb, nk), a->scale, c->lse[i * a->H + h],
+                     c->D[i * a->H + h]);
+        }
+        if (nq % 4) memset(dP + nq * BK, 0, (size_t)(4 - nq % 4) * BK * sizeof(float));
+        /* dQ[r] += sum_j dS[r][j] k_j */
+        block_accumulate(dQa, dP, nq, c->k + kb * c->ks + (int64_t)g * Dk, c->ks, nk, Dk);
+    }
+    for (int64_t r = 0; r < nq; r++) {
+        float *dqr = c->dq + (it->q0 + r) * c->qs + (int64_t)h * Dk;
+        const float *qa = dQa + r * Dk;
+        for (int x = 0; x < Dk; x++) dqr[x] = a->scale * qa[x];
+    }
+}
+
 dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse,
                              const dm_attn_args *a) {
-    (void)dq; (void)dk; (void)dv; (void)dout; (void)q; (void)k; (void)v; (void)out; (void)lse; (void)a;
-    return dm_fail(DM_ERR_NOTIMPL, "attention_backward: not implemented yet (API placeholder)");
+    if (!dq || !dk || !dv || !dout || !q || !k || !v || !out || !lse || !a)
+        return dm_fail(DM_ERR_VALUE, "attention backward: NULL pointer");
+    int64_t st[4] = {0, 0, 0, 0}, n_seg = 1;
+    DM_TRY(attn_check(a, st, &n_seg));
+    if (a->Tq == 0) { /* no queries: the keys get no gradient */
+        for (int64_t j = 0; j < a->Tk; j++) {
+            memset(dk + j * st[1], 0, (size_t)a->Hkv * a->Dk * sizeof(float));
+            memset(dv + j * st[2], 0, (size_t)a->Hkv * a->Dv * sizeof(float));
+        }
+        return DM_OK;
+    }
+    const int has_seg = a->segments && a->n_seg > 0;
+    int64_t n_q = 0, n_kv = 0;
+    for (int64_t s = 0; s < n_seg; s++) {
+        const int64_t qlo = has_seg ? a->segments[s] : 0, qhi = has_seg ? a->segments[s + 1] : a->Tq;
+        const int64_t klo = has_seg ? a->segments[s] : 0, khi = has_seg ? a->segments[s + 1] : a->Tk;
+        n_q += (qhi - qlo + BQ - 1) / BQ;
+        n_kv += (khi - klo + BK - 1) / BK;
+    }
+    attn_item *qitems = dm_alloc((size_t)n_q, sizeof(attn_item), "attention backward query blocks");
+    int64_t *qfirst = qitems ? dm_alloc((size_t)n_q, sizeof(int64_t), "attention backward block map") : NULL;
+    kv_item *kitems = qfirst ? dm_alloc((size_t)n_kv, sizeof(kv_item), "attention backward key blocks") : NULL;
+    float *D = kitems ? dm_alloc((size_t)(a->Tq * a->H), sizeof(float), "attention backward D") : NULL;
+    const int nt = omp_get_max_threads();
+    const size_t blk = (size_t)BK * BK, dk_b = ((size_t)BK * a->Dk + 15) / 16 * 16,
+                 dv_b = ((size_t)BK * a->Dv + 15) / 16 * 16;
+    /* per thread: S, dP, PT, dST, dK acc, dV acc (pass B: S, dP and dK acc as dQ acc) */
+    const size_t per = dk_b + dv_b + 4 * blk;
+    float *scratch = D ? dm_alloc((size_t)nt * per, sizeof(float), "attention backward scratch") : NULL;
+    void *p1 = NULL, *p2 = NULL;
+    int packs_owned = 0;
+    if (!scratch || !take_two(a, (size_t)a->Hkv * n_kv * (size_t)a->Dk * BK * sizeof(float),
+                              (size_t)a->Hkv * n_kv * (size_t)a->Dv * BK * sizeof(float), &p1, &p2, &packs_owned,
+                              "attention backward K/V packs")) {
+        dm_free(scratch);
+        dm_free(D);
+        dm_free(kitems);
+        dm_free(qfirst);
+        dm_free(qitems);
+        return DM_ERR_NOMEM;
+    }
+    n_q = n_kv = 0;
+    for (int64_t s = 0; s < n_seg; s++) {
+        const int64_t qlo = has_seg ? a->segments[s] : 0, qhi = has_seg ? a->segments[s + 1] : a->Tq;
+        const int64_t klo = has_seg ? a->segments[s] : 0, khi = has_seg ? a->segments[s + 1] : a->Tk;
+        for (int64_t r = qlo; r < qhi; r += BQ) {
+            qfirst[n_q] = n_kv;
+            qitems[n_q++] = (attn_item){r, r + BQ < qhi ? r + BQ : qhi, klo, khi};
+        }
+        for (int64_t j = klo; j < khi; j += BK)
+            kitems[n_kv++] = (kv_item){j, j + BK < khi ? j + BK : khi, qlo, qhi};
+    }
+    float *kTp = p1, *vTp = p2;
+    bwd_ctx c = {dq, dk, dv, dout, q, k, v, lse, D, st[0], st[1], st[2], st[3], a, kTp, vTp, n_kv};
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t w = 0; w < a->Hkv * n_kv; w++) {
+        const kv_item *it = &kitems[w % n_kv];
+        const int g = (int)(w / n_kv);
+        const int nk = (int)(it->j1 - it->j0);
+        transpose_block(kTp + w * (int64_t)a->Dk * BK, k, st[1], g, a->Dk, it->j0, nk);
+        transpose_block(vTp + w * (int64_t)a->Dv * BK, v, st[2], g, a->Dv, it->j0, nk);
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t i = 0; i < a->Tq; i++)
+        for (int h = 0; h < a->H; h++) {
+            const float *g = dout + i * st[3] + (int64_t)h * a->Dv, *o = out + i * st[3] + (int64_t)h * a->Dv;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int x = 0; x < a->Dv; x++) acc += g[x] * o[x];
+            D[i * a->H + h] = acc;
+        }
+    const int64_t total_kv = n_kv * a->Hkv, total_q = n_q * a->H;
+#pragma omp parallel num_threads(nt)
+    {
+        float *S = scratch + (size_t)omp_get_thread_num() * per;
+        float *dP = S + blk, *PT = dP + blk, *dST = PT + blk, *dKa = dST + blk, *dVa = dKa + dk_b;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t w = 0; w < total_kv; w++)
+            bwd_kv_item(&c, &kitems[w % n_kv], w % n_kv, (int)(w / n_kv), S, dP, PT, dST, dKa, dVa);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t w = 0; w < total_q; w++)
+            bwd_q_item(&c, &qitems[w % n_q], qfirst[w % n_q], (int)(w / n_q), S, dP, dKa);
+    }
+    if (packs_owned) {
+        dm_free(p2);
+        dm_free(p1);
+    }
+    dm_free(scratch);
+    dm_free(qfirst);
+    dm_free(D);
+    dm_free(kitems);
+    dm_free(qitems);
+    return DM_OK;
 }

@@ -72,7 +72,10 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
  * pass parallel over (kv head, key block) owns dk/dv, a pass parallel over
  * (head, query block) owns dq, so no two threads write one element and every
  * element is summed in a fixed order: results are bit-identical for any
- * thread count. Memory: per-thread block scratch plus D (Tq*H floats). */
+ * thread count. Memory: per-thread block scratch, D (Tq*H floats) and one
+ * transposed copy of K and V per key block (Hkv * blocks * 64 * (Dk+Dv) floats,
+ * blocks = the 64-key blocks of every segment), taken from a->workspace when
+ * that is large enough, else allocated. */
 dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse,
                              const dm_attn_args *a);
