@@ -177,8 +177,12 @@ def _resolve_dtype(ckpt, dtype):
     raise ValueError(f"dtype must be 'auto', 'bf16' or 'f32', got {dtype!r}")
 
 
-def load(path, dtype="auto", threads=None, backend=None):
+def load(path=None, dtype="auto", threads=None, backend=None):
     """Load a checkpoint directory and return a :class:`densemllm.Model`.
+
+    ``path=None`` loads the small default model embedded in the package (trained on
+    the procedural scenes of :mod:`densemllm.data`, docs/default-model.md); a build
+    without its trained weights raises ``DefaultModelMissing`` (a FileNotFoundError).
 
     The weights are memory-mapped (not read into memory) and validated: file
     structure in C, then every tensor against config.json. ``dtype``: "auto" keeps
@@ -209,6 +213,10 @@ def load(path, dtype="auto", threads=None, backend=None):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ValueError(f"threads must be a non-negative int or None, got {threads!r}")
         _core.set_num_threads(threads)
+    if path is None:
+        from .data.default_model import default_model_dir
+
+        path = default_model_dir()
     path = Path(path)
     if not path.is_dir():
         what = "is a file, not a checkpoint directory" if path.exists() else "not found"

@@ -2,8 +2,9 @@
 
 Each task writes ``PREFIX.npy`` (the array), ``PREFIX.png`` (a picture) and
 ``PREFIX.txt`` (the model's answer with the RLE filled in), and prints a summary.
-``densemllm demo`` runs the pipeline on a tiny RANDOM checkpoint (no trained model
-needed) to show the whole path works; its output is meaningless by construction.
+``densemllm demo`` runs the default model embedded in the package on a procedural
+scene (densemllm.data; RANDOM weights, said on every line, when the build has no
+trained default weights).
 """
 from __future__ import annotations
 
@@ -92,13 +93,22 @@ def build_parser():
     _common(p)
     p.add_argument("--text", required=True, help="the question")
 
-    p = sub.add_parser("demo", help="run segment on a tiny RANDOM checkpoint (no download)",
-                       description="Makes a tiny random checkpoint and a synthetic image in --out-dir and "
-                                   "runs the segment pipeline end to end. The weights are random, so the "
-                                   "labels are meaningless: this shows the path works, not a result.")
+    p = sub.add_parser("demo", help="the default model on a procedural scene: segment, depth, refer",
+                       description="Generates a held-out procedural scene, runs segment, depth and refer with "
+                                   "the default model embedded in the package, writes pictures (overlay with "
+                                   "legend, depth colour map with scale bar, referring mask with its box, and "
+                                   "the ground truth of each) and prints the scene's metrics. A build without "
+                                   "trained default weights runs RANDOM weights of the same architecture and "
+                                   "says so on every line.")
     p.add_argument("--out-dir", default="densemllm-demo", metavar="DIR",
-                   help="where the checkpoint, image and outputs go (default: ./densemllm-demo)")
+                   help="where the pictures go (default: ./densemllm-demo)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: all cores)")
+    p.add_argument("--image", default=None, metavar="IMAGE",
+                   help="your own image instead of a scene (the model only knows the procedural world)")
+    p.add_argument("--scene", type=int, default=None, metavar="N", help="index of the held-out scene "
+                   "(default: densemllm.data.demo.DEMO_SCENE)")
+    p.add_argument("--expression", default=None, help="referring expression (default: the scene's own)")
+
     from .eval.cli import add_parser as _add_eval_parser  # densemllm eval (docs/evaluation.md)
 
     _add_eval_parser(sub)
@@ -216,32 +226,10 @@ def _main(args):
 
 
 def demo(args):
-    import densemllm
-    from PIL import Image
+    from .data.demo import DEMO_SCENE, run_demo
 
-    from ._atomic import atomic_path
-    from .testing import make_checkpoint
-
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    print("densemllm demo: the checkpoint below has RANDOM weights; the labels it produces are "
-          "meaningless. It shows the pipeline (vision tower, prefill, generation, dense decoding, "
-          "RLE, pictures) runs end to end.")
-    ck = make_checkpoint(out / "random-checkpoint", seed=0)
-    h, w = 96, 128
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.zeros((h, w, 3), np.uint8)
-    img[..., 0] = (xx * 255 // (w - 1)).astype(np.uint8)
-    img[..., 2] = np.where(yy < h // 2, 230, 40)
-    img[..., 1] = np.where(yy < h // 2, 160, 120)
-    image_path = out / "demo-image.png"
-    with atomic_path(image_path) as tmp:
-        Image.fromarray(img).save(tmp)
-    model = densemllm.load(ck, threads=args.threads)
-    ns = argparse.Namespace(classes="sky,ground", background=False, scale=1.0, prompt=None, all_classes=True,
-                            max_new_tokens=16)
-    run_segment(model, ns, image_path, out / "demo.segment")
-    print(f"checkpoint: {ck}; image: {image_path}")
+    run_demo(args.out_dir, threads=args.threads, image=args.image,
+             index=DEMO_SCENE if args.scene is None else args.scene, expression=args.expression)
     return 0
 
 

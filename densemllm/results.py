@@ -17,11 +17,31 @@ import numpy as np
 
 from .parse import replace_mask, rle_encode
 
+
+class _Picture:
+    """Notebook display: ``result.picture()`` is a PIL image (drawn over ``result.image``,
+    the input the task saw, when set); Jupyter shows it through ``_repr_png_``."""
+
+    def show(self):
+        """The result's picture (PIL.Image); in a notebook it displays itself."""
+        return self.picture()
+
+    def _repr_png_(self):
+        import io
+
+        buf = io.BytesIO()
+        self.picture().save(buf, format="PNG")
+        return buf.getvalue()
+
+    def _canvas(self, shape):
+        img = getattr(self, "image", None)
+        return np.full(tuple(shape[:2]) + (3,), 128, np.uint8) if img is None else img
+
 __all__ = ["SegmentResult", "DepthResult", "ReferResult", "OpenSetResult"]
 
 
 @dataclass
-class SegmentResult:
+class SegmentResult(_Picture):
     labels: np.ndarray                 # int32 [H, W]
     class_names: list                  # label i -> class_names[i]
     class_ids: list                    # token ids averaged for each class (None for <OTHERS>)
@@ -29,6 +49,14 @@ class SegmentResult:
     background: bool = False
     logits: np.ndarray | None = None   # float32 [gh/2, gw/2, K] class logits on the token grid
     timings: dict = field(default_factory=dict)
+    image: np.ndarray | None = field(default=None, repr=False)  # the input (uint8 HxWx3), for pictures
+
+    def picture(self):
+        """The image overlaid with one colour per label and a legend (densemllm.viz)."""
+        from . import viz
+
+        return viz.overlay_labels(self._canvas(self.labels.shape), self.labels, self.class_names,
+                                  background_label=0 if self.background else None)
 
     def model_text(self) -> str:
         """The answer with ``<mask>`` holding the RLE of ``labels`` (as the model writes it)."""
@@ -47,13 +75,20 @@ class SegmentResult:
 
 
 @dataclass
-class DepthResult:
+class DepthResult(_Picture):
     depth: np.ndarray                  # float32 [H, W] metres (relative when not metric), NaN invalid
     bins: np.ndarray                   # int32 [gh, gw] bins 1..1000 (x2 of the token grid)
     text: str
     dataset: str | None = None
     metric: bool = True                # False: open world without focal length -> relative depth
     timings: dict = field(default_factory=dict)
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def picture(self):
+        """The depth as a colour map with a scale bar in metres (densemllm.viz)."""
+        from . import viz
+
+        return viz.colorize_depth(self.depth)
 
     def model_text(self) -> str:
         """The answer with ``<mask>`` holding the RLE of the bin grid (the model's own RLE
@@ -62,7 +97,7 @@ class DepthResult:
 
 
 @dataclass
-class ReferResult:
+class ReferResult(_Picture):
     mask: np.ndarray                   # bool [H, W]
     box: tuple | None                  # (x0, y0, x1, y1) grounding box in image pixels
     text: str                          # grounding answer
@@ -70,6 +105,13 @@ class ReferResult:
     crop_box: tuple | None = None      # (x0, y0, x1, y1) crop window in image pixels
     crop_labels: np.ndarray | None = None  # int32 labels on the resized crop (0 BG, 1 FG)
     timings: dict = field(default_factory=dict)
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def picture(self):
+        """The image with the mask tinted and the grounding box outlined (densemllm.viz)."""
+        from . import viz
+
+        return viz.overlay_mask(self._canvas(self.mask.shape), self.mask, self.box)
 
     def model_text(self) -> str:
         """The core-target answer with ``<mask>`` holding the RLE of the crop's labels."""
@@ -79,13 +121,20 @@ class ReferResult:
 
 
 @dataclass
-class OpenSetResult:
+class OpenSetResult(_Picture):
     labels: np.ndarray                 # int32 [H, W], 0 = background
     class_names: list                  # class_names[0] == "<BG>"
     boxes: list                        # [(class_name, (x0, y0, x1, y1)), ...] that were segmented
     text: str                          # the categories answer
     detect_text: str = ""
     timings: dict = field(default_factory=dict)
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def picture(self):
+        from . import viz
+
+        return viz.overlay_labels(self._canvas(self.labels.shape), self.labels, self.class_names,
+                                  background_label=0)
 
     def model_text(self) -> str:
         return replace_mask(self.text, rle_encode(self.labels))

@@ -45,6 +45,7 @@ CHATML_CHAT_TEMPLATE = (
 CHAT_TEMPLATES = {"youtu": FALLBACK_CHAT_TEMPLATE, "chatml": CHATML_CHAT_TEMPLATE}
 
 __all__ = ["make_checkpoint", "TEXT_DEFAULTS", "VISION_DEFAULTS", "special_token_list", "CHATML_CHAT_TEMPLATE"]
+__all__ += ["build_tokenizer_json"]
 
 TEXT_DEFAULTS = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -84,16 +85,19 @@ def special_token_list():
     return special, task
 
 
-@functools.lru_cache(maxsize=2)
-def _tokenizer_json(grammar_special=False):
+@functools.lru_cache(maxsize=4)
+def _tokenizer_json(corpus=_CORPUS, vocab_size=512, grammar_special=False):
+    """tokenizer.json text: byte-level BPE of ``vocab_size`` trained on ``corpus`` (lines)
+    plus every special token of the notes (special_token_list); ``grammar_special``
+    registers the output-grammar tokens as special tokens (same ids either way)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, min_frequency=2, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    tok.train_from_iterator(corpus.splitlines(), trainer=trainer)
     special, task = special_token_list()
     # Structural tokens are "special" (dropped by skip_special_tokens); the task
     # tokens the model writes in its answers (<ref>, <x_N>, <custom_N>, ...) are
@@ -101,6 +105,9 @@ def _tokenizer_json(grammar_special=False):
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
     tok.add_tokens([AddedToken(t, special=grammar_special, normalized=False) for t in task])
     return tok.to_str()
+
+
+build_tokenizer_json = _tokenizer_json  # public name (densemllm.data.default_model builds its own)
 
 
 def _encode(a, dtype):
@@ -147,7 +154,7 @@ def _tensor(rng, name, shape, dtype):
 
 
 def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, chat_template="youtu",
-                    grammar_special=False, **text_overrides):
+                    grammar_special=False, tokenizer_json=None, init=None, **text_overrides):
     """Write a tiny random checkpoint into `dir` (created) and return its Path.
 
     ``vision``: dict of vision_config overrides. Other keyword arguments override
@@ -156,6 +163,9 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, chat_te
     rope_theta/rope_scaling: the newer schema). ``dtype``: "bf16", "f16" or "f32".
     ``chat_template``: "youtu" (default), "chatml" or None (no template written).
     ``grammar_special``: register the output-grammar tokens as special tokens.
+    ``tokenizer_json``: tokenizer.json text to use instead of the tiny default
+    (e.g. ``_tokenizer_json(corpus, vocab_size)``). ``init``: ``f(rng, name, shape, dtype)
+    -> float32 array`` replacing the N(0, 0.02) weights (e.g. a training init).
     """
     if chat_template is not None and chat_template not in CHAT_TEMPLATES:
         raise ValueError(f"chat_template must be 'youtu', 'chatml' or None, got {chat_template!r}")
@@ -167,7 +177,9 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, chat_te
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok_json = _tokenizer_json(bool(grammar_special))
+    if tokenizer_json is not None and grammar_special:
+        raise ValueError("grammar_special applies to the built-in tokenizer, not to tokenizer_json")
+    tok_json = _tokenizer_json(grammar_special=bool(grammar_special)) if tokenizer_json is None else tokenizer_json
     vocab = json.loads(tok_json)
     ids = {t["content"]: t["id"] for t in vocab["added_tokens"]}
     n_vocab = len(vocab["model"]["vocab"]) + len(vocab["added_tokens"])
@@ -198,7 +210,7 @@ def make_checkpoint(dir, *, seed=0, dtype="bf16", shards=1, vision=None, chat_te
     tensors = {}
     for alts, shape in expected_weights(config):
         name = alts[0]
-        a = _tensor(rng, name, shape, dtype)
+        a = (init or _tensor)(rng, name, shape, dtype)
         if name == "model.embed_tokens.weight":
             # nn.Embedding(padding_idx=pad) keeps that row at zero, and transformers
             # re-zeroes it on load: do the same so parity tests compare like with like.

@@ -18,3 +18,8 @@ from .runner import Report, evaluate
 __all__ = ["evaluate", "Report", "get_dataset", "register", "datasets", "metrics", "protocols", "PROTOCOLS",
            "SegProtocol", "DepthProtocol", "ReferProtocol", "default_protocol", "map_labels", "SegMetric",
            "DepthMetric", "ReferMetric"]
+
+# The procedural scenes of the default model (densemllm.data): scenes, scenes_depth, scenes_refer.
+from ..data import eval_tables as _scene_tables  # noqa: E402
+
+_scene_tables.register()

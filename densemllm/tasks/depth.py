@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from ..data import tables as scene_tables
 from ..results import DepthResult
 from ..llm import check_gen_keywords
 from .common import grid_logits, merged_px, over_images, resize_rgb, run_turn, timed, to_rgb
@@ -16,9 +17,12 @@ RANGES = {
     "Cityscapes": ("linear", 0.0, 80.0),
     "DDAD": ("linear", 0.05, 120.0),
     None: ("log", 0.5, 100.0),  # open world, focal length normalised to 2000 px
+    # the procedural scenes the default model is trained on (densemllm.data.tables)
+    scene_tables.DEPTH_DATASET: ("linear", scene_tables.DEPTH_MIN_M, scene_tables.DEPTH_MAX_M),
 }
 FOCAL_PX = 2000.0
 OPEN_PROMPT = "Estimate the depth."
+DATASET_PROMPT = "Please estimate the depth of this image from the {} dataset."  # goes before the image
 
 
 def _dataset(name):
@@ -29,7 +33,8 @@ def _dataset(name):
     for k in RANGES:
         if k is not None and k.lower() == name.strip().lower():
             return k
-    raise ValueError(f"unknown depth dataset {name!r}; use None (open world), 'NYUv2', 'Cityscapes' or 'DDAD'")
+    names = ", ".join(repr(k) for k in RANGES if k is not None)
+    raise ValueError(f"unknown depth dataset {name!r}; use None (open world) or one of {names}")
 
 
 def bin_ids(model):
@@ -71,7 +76,7 @@ def depth(model, image, dataset=None, focal_length=None, *, prompt=None, max_new
         model_rgb = rgb
     groups = bin_ids(model)
     if prompt is None:
-        prompt = f"Please estimate the depth of this image from the {ds} dataset." if ds else OPEN_PROMPT
+        prompt = DATASET_PROMPT.format(ds) if ds else OPEN_PROMPT
     turn = run_turn(model, model_rgb, prompt, image_first=ds is None, max_new_tokens=max_new_tokens, **gen)
     gh2, gw2 = turn.grid
     corr = 1.0
@@ -86,4 +91,4 @@ def depth(model, image, dataset=None, focal_length=None, *, prompt=None, max_new
         fb = _core.dense_upsample_bilinear(bins.astype(np.float32)[..., None], (H, W))[..., 0]
         d = _core.dense_depth_dequantize(np.ascontiguousarray(fb), mode, dmin, dmax, NBINS, corr)
     return DepthResult(d, bins.astype(np.int32), turn.text, ds,
-                       metric=ds is not None or focal_length is not None, timings=timings)
+                       metric=ds is not None or focal_length is not None, timings=timings, image=rgb)

@@ -39,7 +39,7 @@ def segment_open(model, image, *, max_boxes=30, crop_short_side=1280, box_color=
             names.append(n)
     labels = np.zeros((H, W), np.int32)
     if not names:
-        return OpenSetResult(labels, ["<BG>"], [], turn.text, "", timings)
+        return OpenSetResult(labels, ["<BG>"], [], turn.text, "", timings, image=rgb)
     det = run_turn(model, rgb, DETECT_PROMPT.format(",".join(names)), stop_at_mask=False,
                    max_new_tokens=max_new_tokens, **gen)
     timings.update({"detect_" + k: v for k, v in det.timings.items()})
@@ -60,4 +60,4 @@ def segment_open(model, image, *, max_boxes=30, crop_short_side=1280, box_color=
         labels[mask] = 1 + names.index(cls)
         for k, v in t.items():
             timings["boxes_" + k] = timings.get("boxes_" + k, 0.0) + v
-    return OpenSetResult(labels, ["<BG>"] + names, found, turn.text, det.text, timings)
+    return OpenSetResult(labels, ["<BG>"] + names, found, turn.text, det.text, timings, image=rgb)

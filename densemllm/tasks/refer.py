@@ -114,9 +114,9 @@ def refer(model, image, expression, *, crop_short_side=1280, box_color=None, see
     boxes = parse_boxes(turn.text)
     timings = {"ground_" + k: v for k, v in turn.timings.items()}
     if not boxes:
-        return ReferResult(np.zeros((H, W), bool), None, turn.text, timings=timings)
+        return ReferResult(np.zeros((H, W), bool), None, turn.text, timings=timings, image=rgb)
     box = clamp_box(boxes[0], W, H)
     mask, win, lab, text2, t2 = core_target(model, rgb, box, crop_short_side=crop_short_side, colour=colour,
                                             max_new_tokens=max_new_tokens, **gen)
     timings.update({"segment_" + k: v for k, v in t2.items()})
-    return ReferResult(mask, box, turn.text, text2, win, lab, timings)
+    return ReferResult(mask, box, turn.text, text2, win, lab, timings, image=rgb)

@@ -75,7 +75,7 @@ def segment(model, image, classes, background=False, crf=False, scale=1.0, promp
         names, groups = [names[i] for i in keep], [groups[i] for i in keep]
         if not names:  # only background: every pixel is background
             return SegmentResult(np.zeros((H, W), np.int32), [OTHERS], [None], turn.text, True,
-                                 None, dict(turn.timings, dense=0.0))
+                                 None, dict(turn.timings, dense=0.0), image=rgb)
     timings = dict(turn.timings)
     with timed(timings, "dense"):
         z = grid_logits(turn, groups)
@@ -83,4 +83,4 @@ def segment(model, image, classes, background=False, crf=False, scale=1.0, promp
     if background:
         names, groups = [OTHERS] + names, [None] + list(groups)
     return SegmentResult(labels, names, [None if g is None else list(g) for g in groups], turn.text,
-                         bool(background), z, timings)
+                         bool(background), z, timings, image=rgb)
