@@ -46,5 +46,6 @@ int dm_py_register_vision(PyObject *m);
 int dm_py_register_llm(PyObject *m);
 int dm_py_register_dense(PyObject *m);
 int dm_py_register_ntpm(PyObject *m);
+int dm_py_register_crf(PyObject *m);
 
 #endif

@@ -12,7 +12,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyObject *m = PyModule_Create(&dm_module);
     if (!m) return NULL;
     if (dm_py_register_core(m) < 0 || dm_py_register_io(m) < 0 || dm_py_register_vision(m) < 0 ||
-        dm_py_register_llm(m) < 0 || dm_py_register_dense(m) < 0 || dm_py_register_ntpm(m) < 0) {
+        dm_py_register_llm(m) < 0 || dm_py_register_dense(m) < 0 || dm_py_register_ntpm(m) < 0 ||
+        dm_py_register_crf(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
