@@ -32,6 +32,12 @@ static uint64_t key_hash(const int32_t *k, int d) {
     return h;
 }
 
+static inline int key_eq(const int32_t *a, const int32_t *b, int d) {
+    for (int i = 0; i < d; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
 static dm_status vtable_init(vtable *t, int d, int64_t expect) {
     memset(t, 0, sizeof *t);
     t->d = d;
@@ -66,7 +72,7 @@ static int32_t vtable_find(const vtable *t, const int32_t *key) {
     for (uint64_t s = key_hash(key, d) & t->mask;; s = (s + 1) & t->mask) {
         int32_t v = t->slots[s];
         if (v < 0) return -1;
-        if (memcmp(t->keys + (int64_t)v * d, key, d * sizeof(int32_t)) == 0) return v;
+        if (key_eq(t->keys + (int64_t)v * d, key, d)) return v;
     }
 }
 
@@ -99,7 +105,7 @@ static int32_t vtable_insert(vtable *t, const int32_t *key) {
     for (;; s = (s + 1) & t->mask) {
         int32_t v = t->slots[s];
         if (v < 0) break;
-        if (memcmp(t->keys + (int64_t)v * d, key, d * sizeof(int32_t)) == 0) return v;
+        if (key_eq(t->keys + (int64_t)v * d, key, d)) return v;
     }
     if (t->count == t->cap) {
         if (vtable_grow(t) != DM_OK) return -1;
@@ -163,7 +169,7 @@ static void lattice_free(lattice *L) {
 static void embed(const float *f, int d, const double *scale, int32_t *keys, float *bary) {
     double el[CRF_MAX_DIM + 1], rem[CRF_MAX_DIM + 1], b[CRF_MAX_DIM + 2];
     int rank[CRF_MAX_DIM + 1];
-    const double dp1 = d + 1;
+    const double dp1 = d + 1, inv_dp1 = 1.0 / dp1;
     double sm = 0;
     for (int j = d; j > 0; j--) {
         double cf = (double)f[j - 1] * scale[j - 1];
@@ -173,7 +179,7 @@ static void embed(const float *f, int d, const double *scale, int32_t *keys, flo
     el[0] = sm;
     int sum = 0;
     for (int i = 0; i <= d; i++) {
-        double v = el[i] / dp1, up = ceil(v), down = floor(v);
+        double v = el[i] * inv_dp1, down = floor(v), up = down + 1;
         double r = (up * dp1 - el[i] < el[i] - down * dp1) ? up : down; /* ties go down */
         rem[i] = r * dp1;
         sum += (int)r;
@@ -196,7 +202,7 @@ static void embed(const float *f, int d, const double *scale, int32_t *keys, flo
     }
     for (int i = 0; i <= d + 1; i++) b[i] = 0;
     for (int i = 0; i <= d; i++) {
-        double v = (el[i] - rem[i]) / dp1;
+        double v = (el[i] - rem[i]) * inv_dp1;
         b[d - rank[i]] += v;
         b[d - rank[i] + 1] -= v;
     }
