@@ -5,6 +5,7 @@ from .checkpoint import load
 from .model import Model
 from .parse import rle_decode, rle_encode
 from .losses import ntpm_loss
+from .crf import dense_crf
 from . import train  # densemllm.train.TrainableModel
 
 __version__ = "0.1.0"
@@ -28,3 +29,4 @@ __all__ = ["build_info", "set_num_threads", "get_num_threads", "__version__"]
 __all__ += ["rle_encode", "rle_decode"]
 __all__ += ["ntpm_loss"]
 __all__ += ["load", "Model", "CheckpointError"]
+__all__ += ["dense_crf"]

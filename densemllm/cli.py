@@ -59,6 +59,9 @@ def build_parser():
                    "the background class.')")
     p.add_argument("--all-classes", action="store_true",
                    help="decode every requested class, not only those the model names")
+    p.add_argument("--crf", action="store_true",
+                   help="refine with DenseCRF as the paper's benchmarks do (softmax(z/0.2), CRF, argmax; "
+                        "docs/crf.md); not with --background")
 
     p = sub.add_parser("depth", help="metric depth estimation",
                        description="Depth in metres. With --dataset the dataset prompt precedes the image "
@@ -163,7 +166,7 @@ def run_segment(model, args, image_path, prefix):
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     rgb = to_rgb(image_path)
     r = model.segment(rgb, classes, background=args.background, scale=args.scale, prompt=args.prompt,
-                      all_classes=args.all_classes, **_gen(args))
+                      all_classes=args.all_classes, crf=getattr(args, "crf", False), **_gen(args))
     counts = np.bincount(r.labels.ravel(), minlength=len(r.class_names))
     print("classes: " + ", ".join(f"{i}={n} ({counts[i] / r.labels.size:.1%})" for i, n in enumerate(r.class_names)))
     print("timings: " + _timings(r.timings))

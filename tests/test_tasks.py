@@ -250,8 +250,8 @@ def test_bad_inputs_and_documented_empty_results(tmp_path):
         m.segment(img, [f"class number {i}" for i in range(300)])
     with pytest.raises(ValueError, match="smaller than one merged"):
         m.segment(np.zeros((20, 64, 3), np.uint8), ["cat"])
-    with pytest.raises(NotImplementedError, match="DenseCRF"):
-        m.segment(img, ["cat"], crf=True)
+    with pytest.raises(TypeError, match="unknown key"):
+        m.segment(img, ["cat"], crf=True, crf_params={"sxy": 3})
     with pytest.raises(ValueError, match="scale"):
         m.segment(img, ["cat"], scale=0)
     # no <box> in the answer: an empty mask, box None (documented)

@@ -56,5 +56,6 @@ int dm_py_register_ntpm(PyObject *m);
 int dm_py_register_train(PyObject *m);
 int dm_py_register_ops(PyObject *m);
 int dm_py_register_train_optim(PyObject *m);
+int dm_py_register_crf(PyObject *m);
 
 #endif

@@ -14,7 +14,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     if (dm_py_register_core(m) < 0 || dm_py_register_io(m) < 0 || dm_py_register_vision(m) < 0 ||
         dm_py_register_llm(m) < 0 || dm_py_register_dense(m) < 0 || dm_py_register_ntpm(m) < 0 ||
         dm_py_register_train(m) < 0 || dm_py_register_ops(m) < 0 ||
-        dm_py_register_train_optim(m) < 0) {
+        dm_py_register_train_optim(m) < 0 || dm_py_register_crf(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
+from ..crf import crf_grid_labels, crf_settings
 from ..results import SegmentResult
 from ..llm import check_gen_keywords
 from .common import class_ids, grid_logits, over_images, refs_of, run_turn, scaled, timed, to_rgb
@@ -41,7 +42,7 @@ def check_classes(model, classes):
 
 @over_images
 def segment(model, image, classes, background=False, crf=False, scale=1.0, prompt=None, *,
-            all_classes=False, max_new_tokens=1024, **gen) -> SegmentResult:
+            all_classes=False, max_new_tokens=1024, crf_params=None, **gen) -> SegmentResult:
     """Segment ``image`` into ``classes`` from one prefill.
 
     The model answers with the categories it finds (``<ref>`` list); labels follow that
@@ -50,12 +51,17 @@ def segment(model, image, classes, background=False, crf=False, scale=1.0, promp
     from its tokenized name, label i = ``classes[i]``. ``background=True`` adds the
     ``<OTHERS>`` channel: label 0 = background (sigmoid(z/4) <= 0.5 for all classes).
     ``scale`` resizes the input before the model (x4 for ADE20K); labels are at the
-    original image size. ``crf=True`` is not available yet. A list of images gives a
+    original image size. ``crf=True`` refines the labels as the paper's benchmarks do
+    (softmax(z / 0.2), DenseCRF on the original image, argmax; docs/crf.md); ``crf_params``
+    overrides its settings (``densemllm.crf.crf_settings``). A list of images gives a
     list of results."""
     check_gen_keywords("segment", gen)
-    if crf:
-        raise NotImplementedError("crf=True: DenseCRF refinement is a later issue (csrc/dense/crf.c) "
-                                  "and is not implemented yet; use crf=False")
+    if crf and background:
+        raise ValueError("crf=True refines the softmax over the classes (the benchmark mode without "
+                         "background); background=True scores are not a distribution: use one of them")
+    crf_cfg = crf_settings(crf_params) if crf else None
+    if crf_params is not None and not crf:
+        raise ValueError("crf_params given but crf=False (pass crf=True to refine)")
     names, groups = check_classes(model, classes)
     rgb = to_rgb(image)
     H, W = rgb.shape[:2]
@@ -79,7 +85,11 @@ def segment(model, image, classes, background=False, crf=False, scale=1.0, promp
     timings = dict(turn.timings)
     with timed(timings, "dense"):
         z = grid_logits(turn, groups)
-        labels = _core.dense_upsample_argmax(z, (H, W), background=bool(background))
+        if crf_cfg is None:
+            labels = _core.dense_upsample_argmax(z, (H, W), background=bool(background))
+    if crf_cfg is not None:
+        with timed(timings, "crf"):
+            labels = crf_grid_labels(rgb, z, crf_cfg)
     if background:
         names, groups = [OTHERS] + names, [None] + list(groups)
     return SegmentResult(labels, names, [None if g is None else list(g) for g in groups], turn.text,
