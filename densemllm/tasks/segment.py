@@ -5,8 +5,7 @@ import numpy as np
 
 from .. import _core
 from ..results import SegmentResult
-from ..llm import check_gen_keywords
-from .common import class_ids, grid_logits, over_images, refs_of, run_turn, scaled, timed, to_rgb
+from .common import check_task_keywords, class_ids, grid_logits, over_images, refs_of, run_turn, scaled, timed, to_rgb
 
 OTHERS = "<OTHERS>"
 
@@ -52,7 +51,7 @@ def segment(model, image, classes, background=False, crf=False, scale=1.0, promp
     ``scale`` resizes the input before the model (x4 for ADE20K); labels are at the
     original image size. ``crf=True`` is not available yet. A list of images gives a
     list of results."""
-    check_gen_keywords("segment", gen)
+    check_task_keywords("segment", gen)
     if crf:
         raise NotImplementedError("crf=True: DenseCRF refinement is a later issue (csrc/dense/crf.c) "
                                   "and is not implemented yet; use crf=False")
