@@ -224,6 +224,9 @@ def test_small_api_items(tmp_path, capsys):
         m.generate("hi", foo=1)
     with pytest.raises(TypeError, match=r"^segment\(\) got an unexpected keyword argument 'foo'"):
         m.segment(img, ["sky"], foo=1)
+    with pytest.raises(TypeError, match=r"^refer\(\) got an unexpected keyword argument 'eos_token_id'"):
+        m.refer(img, "it", eos_token_id=[1])  # a task sets its own eos
+    assert m.depth(img, temperature=0.5, seed=3, max_new_tokens=1).depth.shape == (64, 64)
 
 
 def test_special_tokens_in_user_text_are_rejected(tmp_path):

@@ -14,6 +14,16 @@ from ..parse import parse_refs
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
+# Generation options a task passes on to Session.generate_ids (it sets eos itself).
+TASK_GEN_KEYWORDS = frozenset(("temperature", "top_k", "top_p", "repetition_penalty", "do_sample", "seed"))
+
+
+def check_task_keywords(task_name, gen):
+    """TypeError naming the task for a keyword it does not take."""
+    from ..llm import check_gen_keywords
+
+    check_gen_keywords(task_name, gen, TASK_GEN_KEYWORDS)
+
 
 def merged_px(model) -> int:
     """Side in pixels of one merged vision token: patch_size * spatial_merge_size."""

@@ -7,8 +7,7 @@ import numpy as np
 from .. import _core
 from ..data import tables as scene_tables
 from ..results import DepthResult
-from ..llm import check_gen_keywords
-from .common import grid_logits, merged_px, over_images, resize_rgb, run_turn, timed, to_rgb
+from .common import check_task_keywords, grid_logits, merged_px, over_images, resize_rgb, run_turn, timed, to_rgb
 
 NBINS = 1000
 # dataset -> (quantisation, min metres, max metres) onto bins 1..1000 (paper App. D.3)
@@ -60,7 +59,7 @@ def depth(model, image, dataset=None, focal_length=None, *, prompt=None, max_new
     preprocessed/original size ratio, geometric mean of both axes), so the result is
     metric; without it the open-world depth is relative (``metric=False``). A list of
     images gives a list of results."""
-    check_gen_keywords("depth", gen)
+    check_task_keywords("depth", gen)
     ds = _dataset(dataset)
     mode, dmin, dmax = RANGES[ds]
     rgb = to_rgb(image)

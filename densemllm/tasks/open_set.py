@@ -5,8 +5,7 @@ import numpy as np
 
 from ..parse import parse_detections
 from ..results import OpenSetResult
-from ..llm import check_gen_keywords
-from .common import over_images, refs_of, run_turn, to_rgb
+from .common import check_task_keywords, over_images, refs_of, run_turn, to_rgb
 from .refer import _colour, clamp_box, core_target
 
 CATEGORIES_PROMPT = "Segment all objects in this image."
@@ -24,7 +23,7 @@ def segment_open(model, image, *, max_boxes=30, crop_short_side=1280, box_color=
     smaller objects stay on top. No categories or no boxes -> all background.
     ``progress``: a tqdm bar over the per-box prefills on stderr (False: quiet). A list
     of images gives a list of results."""
-    check_gen_keywords("segment_open", gen)
+    check_task_keywords("segment_open", gen)
     if not (isinstance(max_boxes, int) and max_boxes >= 0):
         raise ValueError(f"max_boxes must be a non-negative int, got {max_boxes!r}")
     rgb = to_rgb(image)

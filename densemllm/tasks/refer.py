@@ -6,8 +6,8 @@ import numpy as np
 from .. import _core
 from ..parse import parse_boxes
 from ..results import ReferResult
-from ..llm import check_gen_keywords
-from .common import check_image, grid_logits, merged_px, over_images, resize_rgb, run_turn, timed, to_rgb
+from .common import (check_image, check_task_keywords, grid_logits, merged_px, over_images, resize_rgb, run_turn,
+                     timed, to_rgb)
 
 GROUND_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}"
 CORE_PROMPT = "Segment the core target."
@@ -98,7 +98,7 @@ def refer(model, image, expression, *, crop_short_side=1280, box_color=None, see
     None; ``seed`` fixes it). No box in the answer -> an empty mask and ``box=None``;
     a malformed box raises :class:`densemllm.parse.ParseError`. A list of images gives a
     list of results."""
-    check_gen_keywords("refer", gen)
+    check_task_keywords("refer", gen)
     if not isinstance(expression, str) or not expression.strip():
         raise ValueError("expression must be a non-empty string")
     model.tokenizer.check_user_text(expression, "expression")

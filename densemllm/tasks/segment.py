@@ -6,8 +6,7 @@ import numpy as np
 from .. import _core
 from ..crf import crf_grid_labels, crf_settings
 from ..results import SegmentResult
-from ..llm import check_gen_keywords
-from .common import class_ids, grid_logits, over_images, refs_of, run_turn, scaled, timed, to_rgb
+from .common import check_task_keywords, class_ids, grid_logits, over_images, refs_of, run_turn, scaled, timed, to_rgb
 
 OTHERS = "<OTHERS>"
 
@@ -55,7 +54,7 @@ def segment(model, image, classes, background=False, crf=False, scale=1.0, promp
     (softmax(z / 0.2), DenseCRF on the original image, argmax; docs/crf.md); ``crf_params``
     overrides its settings (``densemllm.crf.crf_settings``). A list of images gives a
     list of results."""
-    check_gen_keywords("segment", gen)
+    check_task_keywords("segment", gen)
     if crf and background:
         raise ValueError("crf=True refines the softmax over the classes (the benchmark mode without "
                          "background); background=True scores are not a distribution: use one of them")
