@@ -48,10 +48,7 @@ def lm_config_dict(config):
         "rope_theta": float(t.rope_theta),
     }
     rs = t.rope_scaling
-    if rs:
-        kind = rs.get("rope_type", "default")
-        if kind != "yarn":
-            raise NotImplementedError(f"rope_type {kind!r} is not supported (default and yarn are)")
+    if rs:  # config.py admits only yarn here (ROPE_TYPES)
         d["rope_yarn"] = 1
         d["rope_factor"] = float(rs["factor"])
         d["rope_original_max_position_embeddings"] = float(rs["original_max_position_embeddings"])

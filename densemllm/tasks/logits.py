@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from .common import class_ids, grid_logits, render_prompt, scaled, session_grid, to_rgb, check_image, Turn
+from .segment import check_scale
 
 
 def vision_logits(model, image, ids_or_names, prompt=None, *, scale=1.0):
@@ -21,7 +22,9 @@ def vision_logits(model, image, ids_or_names, prompt=None, *, scale=1.0):
         names = [e.strip() for e in entries if isinstance(e, str)]
         prompt = (f"Segment: {', '.join(names)}, without the background class." if names
                   else "Segment all objects in this image.")
-    rgb = scaled(to_rgb(image), scale)
+    rgb = to_rgb(image)
+    check_scale(rgb, scale)
+    rgb = scaled(rgb, scale)
     check_image(rgb)
     t0 = time.perf_counter()
     sess = model.prefill(render_prompt(model, prompt), image=rgb)
