@@ -224,13 +224,15 @@ def load(path=None, dtype="auto", threads=None, backend=None):
     config = ModelConfig.from_file(path / "config.json")
     tokenizer = Tokenizer.from_dir(path, config)
     config = resolve_token_ids(config, tokenizer)  # ids config.json omits, from the tokenizer
-    if config.image_token_id is None:
-        raise CheckpointError(f"{path}: neither config.json (image_token_id) nor tokenizer.json "
-                              "(<|image_pad|>) defines the image token")
-    pad = tokenizer.token_to_id("<|image_pad|>")
-    if pad is not None and pad != config.image_token_id:
-        raise CheckpointError(f"{path}: config.json image_token_id {config.image_token_id} but tokenizer.json "
-                              f"has <|image_pad|> = {pad}")
+    # Everything an image prompt needs, checked now rather than at the first image.
+    for token, key in (("<|image_pad|>", "image_token_id"), ("<|vision_start|>", "vision_start_token_id"),
+                       ("<|vision_end|>", "vision_end_token_id")):
+        tid = tokenizer.token_to_id(token)
+        if tid is None:
+            raise CheckpointError(f"{path}: tokenizer.json has no {token} token (image prompts need it)")
+        if tid != getattr(config, key):
+            raise CheckpointError(f"{path}: config.json {key} {getattr(config, key)} but tokenizer.json "
+                                  f"has {token} = {tid}")
     if tokenizer.vocab_size > config.text.vocab_size:
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but vocab_size is "
                               f"{config.text.vocab_size}")

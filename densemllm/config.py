@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._core import CheckpointError
+from ._core import VISION_MAX_LAYERS, CheckpointError
 
 __all__ = ["TextConfig", "VisionConfig", "ModelConfig", "CheckpointError"]
 
@@ -26,11 +27,57 @@ __all__ = ["TextConfig", "VisionConfig", "ModelConfig", "CheckpointError"]
 # checkpoint's tokenizer (tokenizer.resolve_token_ids): no built-in ids.
 
 
+# The one table of config bounds (inclusive), checked when config.json is read: before
+# load() builds the list of expected weights or anything is allocated, so a hostile
+# or broken file fails at once with the value, the field and the bound. The C core
+# receives only values that passed (its own checks are memory-safety guards for
+# direct callers of _core). Upper bounds are ~10-100x the largest released models;
+# VISION_MAX_LAYERS is the core's fixed per-layer table (csrc/model/vision.h).
+TEXT_BOUNDS = {
+    "vocab_size": (1, 1 << 22),
+    "hidden_size": (1, 1 << 16),
+    "intermediate_size": (1, 1 << 18),
+    "num_hidden_layers": (1, 1024),
+    "num_attention_heads": (1, 1024),
+    "num_key_value_heads": (1, 1024),
+    "q_lora_rank": (1, 1 << 16),
+    "kv_lora_rank": (1, 1 << 16),
+    "qk_nope_head_dim": (0, 4096),
+    "qk_rope_head_dim": (2, 4096),
+    "v_head_dim": (1, 4096),
+    "max_position_embeddings": (1, 1 << 24),
+    "original_max_position_embeddings": (1, 1 << 24),
+    # floats: a tiny rope_theta made every frequency inf (silent NaN logits)
+    "rms_norm_eps": (1e-12, 1.0),
+    "rope_theta": (1.0, 1e12),
+    "factor": (1.0, 1e4),
+    "beta_fast": (1e-3, 1e4),
+    "beta_slow": (1e-3, 1e4),
+    "mscale": (-1e3, 1e3),
+    "mscale_all_dim": (-1e3, 1e3),
+    "attention_factor": (1e-3, 1e3),
+}
+VISION_BOUNDS = {
+    "hidden_size": (1, 1 << 16),
+    "num_attention_heads": (1, 1024),
+    "intermediate_size": (1, 1 << 18),
+    "num_hidden_layers": (1, VISION_MAX_LAYERS),
+    "patch_size": (1, 1024),
+    "num_channels": (3, 3),  # preprocessing produces RGB
+    "spatial_merge_size": (1, 64),
+    "out_hidden_size": (1, 1 << 16),
+    "window_size": (1, 1 << 20),
+    "layer_norm_eps": (1e-12, 1.0),
+}
+ROPE_TYPES = ("default", "yarn")  # what csrc/ops/rope.c implements
+VISION_ACTS = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "gelu")  # csrc/python/vision.c's names
+
+
 def _err(where, msg):
     return CheckpointError(f"{where}: {msg}" if where else msg)
 
 
-def _int(d, key, default, where, *, minimum=1, optional=False):
+def _int(d, key, default, where, bounds, *, optional=False):
     v = d.get(key, default)
     if v is None and optional:
         return None
@@ -40,18 +87,20 @@ def _int(d, key, default, where, *, minimum=1, optional=False):
             v = int(v)
         else:
             raise _err(where, f"{key} must be an integer, got {v!r}")
-    if v < minimum:
-        raise _err(where, f"{key} must be >= {minimum}, got {v}")
+    lo, hi = bounds[key]
+    if not lo <= v <= hi:
+        raise _err(where, f"{key} must be in [{lo}, {hi}], got {v}")
     return v
 
 
-def _float(d, key, default, where, *, positive=True):
+def _float(d, key, default, where, bounds):
     v = d.get(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise _err(where, f"{key} must be a number, got {v!r}")
     v = float(v)
-    if positive and not v > 0:
-        raise _err(where, f"{key} must be > 0, got {v}")
+    lo, hi = bounds[key]
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise _err(where, f"{key} must be a finite number in [{lo:g}, {hi:g}], got {v!r}")
     return v
 
 
@@ -84,7 +133,7 @@ def _normalise_rope(d, max_pos, where):
         if scaling is not None and not isinstance(scaling, dict):
             raise _err(where, f"rope_scaling must be an object or null, got {scaling!r}")
         scaling = dict(scaling) if scaling else None
-    theta = _float({"rope_theta": theta}, "rope_theta", None, where)
+    theta = _float({"rope_theta": theta}, "rope_theta", None, where, TEXT_BOUNDS)
     if not scaling:
         return theta, None
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
@@ -92,16 +141,21 @@ def _normalise_rope(d, max_pos, where):
         raise _err(where, f"rope type must be a string, got {rope_type!r}")
     if rope_type == "default" and scaling.get("factor") in (None, 1, 1.0):
         return theta, None
+    if rope_type not in ROPE_TYPES or rope_type == "default":
+        raise _err(where, f"rope_type {rope_type!r} (factor {scaling.get('factor')!r}) is not supported: "
+                          f"plain RoPE (default, factor 1) and yarn are")
     out = {k: v for k, v in scaling.items() if k != "type"}
     out["rope_type"] = rope_type
-    out["factor"] = _float(scaling, "factor", 1.0, where)
+    out["factor"] = _float(scaling, "factor", 1.0, where, TEXT_BOUNDS)
     out["original_max_position_embeddings"] = _int(
-        scaling, "original_max_position_embeddings", max_pos, where)
-    out["beta_fast"] = _float(scaling, "beta_fast", 32.0, where)
-    out["beta_slow"] = _float(scaling, "beta_slow", 1.0, where)
+        scaling, "original_max_position_embeddings", max_pos, where, TEXT_BOUNDS)
+    out["beta_fast"] = _float(scaling, "beta_fast", 32.0, where, TEXT_BOUNDS)
+    out["beta_slow"] = _float(scaling, "beta_slow", 1.0, where, TEXT_BOUNDS)
     for k in ("mscale", "mscale_all_dim"):
         v = scaling.get(k)
-        out[k] = None if v is None else _float(scaling, k, None, where, positive=False)
+        out[k] = None if v is None else _float(scaling, k, None, where, TEXT_BOUNDS)
+    if "attention_factor" in scaling and scaling["attention_factor"] is not None:
+        out["attention_factor"] = _float(scaling, "attention_factor", None, where, TEXT_BOUNDS)
     return theta, out
 
 
@@ -134,26 +188,27 @@ class TextConfig:
     @classmethod
     def from_dict(cls, d, where="config.json"):
         dflt = cls()
-        max_pos = _int(d, "max_position_embeddings", dflt.max_position_embeddings, where)
+        B = TEXT_BOUNDS
+        max_pos = _int(d, "max_position_embeddings", dflt.max_position_embeddings, where, B)
         theta, scaling = _normalise_rope(d, max_pos, where)
-        heads = _int(d, "num_attention_heads", dflt.num_attention_heads, where)
+        heads = _int(d, "num_attention_heads", dflt.num_attention_heads, where, B)
         kv_heads = d.get("num_key_value_heads")
-        kv_heads = heads if kv_heads is None else _int(d, "num_key_value_heads", None, where)
+        kv_heads = heads if kv_heads is None else _int(d, "num_key_value_heads", None, where, B)
         if heads % kv_heads:
             raise _err(where, f"num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv_heads})")
         cfg = cls(
-            vocab_size=_int(d, "vocab_size", dflt.vocab_size, where),
-            hidden_size=_int(d, "hidden_size", dflt.hidden_size, where),
-            intermediate_size=_int(d, "intermediate_size", dflt.intermediate_size, where),
-            num_hidden_layers=_int(d, "num_hidden_layers", dflt.num_hidden_layers, where, minimum=0),
+            vocab_size=_int(d, "vocab_size", dflt.vocab_size, where, B),
+            hidden_size=_int(d, "hidden_size", dflt.hidden_size, where, B),
+            intermediate_size=_int(d, "intermediate_size", dflt.intermediate_size, where, B),
+            num_hidden_layers=_int(d, "num_hidden_layers", dflt.num_hidden_layers, where, B),
             num_attention_heads=heads,
             num_key_value_heads=kv_heads,
-            q_lora_rank=_int(d, "q_lora_rank", dflt.q_lora_rank, where, optional=True),
-            kv_lora_rank=_int(d, "kv_lora_rank", dflt.kv_lora_rank, where),
-            qk_nope_head_dim=_int(d, "qk_nope_head_dim", dflt.qk_nope_head_dim, where, minimum=0),
-            qk_rope_head_dim=_int(d, "qk_rope_head_dim", dflt.qk_rope_head_dim, where),
-            v_head_dim=_int(d, "v_head_dim", dflt.v_head_dim, where),
-            rms_norm_eps=_float(d, "rms_norm_eps", dflt.rms_norm_eps, where),
+            q_lora_rank=_int(d, "q_lora_rank", dflt.q_lora_rank, where, B, optional=True),
+            kv_lora_rank=_int(d, "kv_lora_rank", dflt.kv_lora_rank, where, B),
+            qk_nope_head_dim=_int(d, "qk_nope_head_dim", dflt.qk_nope_head_dim, where, B),
+            qk_rope_head_dim=_int(d, "qk_rope_head_dim", dflt.qk_rope_head_dim, where, B),
+            v_head_dim=_int(d, "v_head_dim", dflt.v_head_dim, where, B),
+            rms_norm_eps=_float(d, "rms_norm_eps", dflt.rms_norm_eps, where, B),
             max_position_embeddings=max_pos,
             rope_theta=theta,
             rope_scaling=scaling,
@@ -197,7 +252,8 @@ class VisionConfig:
     @classmethod
     def from_dict(cls, d, out_hidden_default, where="config.json: vision_config"):
         dflt = cls()
-        layers = _int(d, "num_hidden_layers", dflt.num_hidden_layers, where, minimum=0)
+        B = VISION_BOUNDS
+        layers = _int(d, "num_hidden_layers", dflt.num_hidden_layers, where, B)
         fa = d.get("fullatt_block_indexes")
         if fa is None:
             fa = _default_fullatt(layers)
@@ -209,19 +265,21 @@ class VisionConfig:
                 raise _err(where, f"fullatt_block_indexes {bad} out of range for {layers} layers")
             fa = tuple(sorted(set(fa)))
         cfg = cls(
-            hidden_size=_int(d, "hidden_size", dflt.hidden_size, where),
-            num_attention_heads=_int(d, "num_attention_heads", dflt.num_attention_heads, where),
-            intermediate_size=_int(d, "intermediate_size", dflt.intermediate_size, where),
+            hidden_size=_int(d, "hidden_size", dflt.hidden_size, where, B),
+            num_attention_heads=_int(d, "num_attention_heads", dflt.num_attention_heads, where, B),
+            intermediate_size=_int(d, "intermediate_size", dflt.intermediate_size, where, B),
             num_hidden_layers=layers,
-            patch_size=_int(d, "patch_size", dflt.patch_size, where),
-            num_channels=_int(d, "num_channels", dflt.num_channels, where),
-            layer_norm_eps=_float(d, "layer_norm_eps", dflt.layer_norm_eps, where),
+            patch_size=_int(d, "patch_size", dflt.patch_size, where, B),
+            num_channels=_int(d, "num_channels", dflt.num_channels, where, B),
+            layer_norm_eps=_float(d, "layer_norm_eps", dflt.layer_norm_eps, where, B),
             hidden_act=_str(d, "hidden_act", dflt.hidden_act, where),
-            spatial_merge_size=_int(d, "spatial_merge_size", dflt.spatial_merge_size, where),
-            out_hidden_size=_int(d, "out_hidden_size", out_hidden_default, where),
-            window_size=_int(d, "window_size", dflt.window_size, where),
+            spatial_merge_size=_int(d, "spatial_merge_size", dflt.spatial_merge_size, where, B),
+            out_hidden_size=_int(d, "out_hidden_size", out_hidden_default, where, B),
+            window_size=_int(d, "window_size", dflt.window_size, where, B),
             fullatt_block_indexes=fa,
         )
+        if cfg.hidden_act not in VISION_ACTS:
+            raise _err(where, f"hidden_act {cfg.hidden_act!r} is not supported (one of {', '.join(VISION_ACTS)})")
         if cfg.hidden_size % cfg.num_attention_heads:
             raise _err(where, f"hidden_size ({cfg.hidden_size}) is not a multiple of num_attention_heads "
                               f"({cfg.num_attention_heads})")
@@ -290,6 +348,11 @@ class ModelConfig:
             pad_token_id=_token_id(d, "pad_token_id", td.get("pad_token_id"), where),
             raw=d,
         )
+        named = [(k, getattr(cfg, k)) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                                 "vision_end_token_id", "bos_token_id", "pad_token_id")]
+        for k, v in named + [("eos_token_id", e) for e in cfg.eos_token_id]:
+            if v is not None and v >= text.vocab_size:
+                raise _err(where, f"{k} {v} is outside the vocabulary (vocab_size {text.vocab_size})")
         return cfg
 
     @classmethod

@@ -63,10 +63,7 @@ def lm_config_dict(config, shapes_only=False):
         "rope_theta": float(t.rope_theta),
     }
     rs = t.rope_scaling
-    if rs and not shapes_only:
-        kind = rs.get("rope_type", "default")
-        if kind != "yarn":
-            raise NotImplementedError(f"rope_type {kind!r} is not supported (default and yarn are)")
+    if rs and not shapes_only:  # config.py admits only yarn here (ROPE_TYPES)
         d["rope_yarn"] = 1
         d["rope_factor"] = float(rs["factor"])
         d["rope_original_max_position_embeddings"] = float(rs["original_max_position_embeddings"])

@@ -16,6 +16,7 @@ Malformed text raises :class:`ParseError` (a ``ValueError``) naming what is wron
 """
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -61,7 +62,7 @@ def rle_decode(text, shape) -> np.ndarray:
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
     try:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(operator.index(s) for s in shape)  # "12" and 2.5 are not shapes
     except TypeError:
         raise TypeError(f"rle_decode: shape must be an int or a tuple of ints, got {shape!r}") from None
     if any(s < 0 for s in shape):

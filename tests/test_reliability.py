@@ -161,3 +161,102 @@ def test_atomic_helper_leaves_the_old_file_on_error_and_follows_the_umask(tmp_pa
     assert (tmp_path / "m.txt").stat().st_mode & 0o777 == 0o640
     with pytest.raises(IsADirectoryError):
         atomic_write(tmp_path, b"x")
+
+
+# ---- bounded sizes (item 4) and configs checked at load (item 7) ---------------------------
+
+def edit_checkpoint(src, dst, config=None, vision=None, drop=()):
+    """Copy checkpoint `src` to `dst` with config.json fields changed and tensors whose
+    names start with any of `drop` removed (f32 files: safetensors.numpy reads them)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config or {})
+    cfg["vision_config"].update(vision or {})
+    (dst / "config.json").write_text(json.dumps(cfg))
+    if drop:
+        t = load_file(str(dst / "model.safetensors"))
+        save_file({k: v for k, v in t.items() if not k.startswith(tuple(drop))}, str(dst / "model.safetensors"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def one_layer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cfg")
+    return make_checkpoint(root / "ck", dtype="f32", num_hidden_layers=1, vision=dict(num_hidden_layers=1,
+                                                                                        fullatt_block_indexes=[0]))
+
+
+@pytest.mark.parametrize("config,vision,drop,needle", [
+    # 0 layers whose (absent) weights match: load() accepted them and the first call failed
+    (dict(num_hidden_layers=0), None, ["model.layers."], r"num_hidden_layers must be in \[1, 1024\], got 0"),
+    (None, dict(num_hidden_layers=0, fullatt_block_indexes=[]), ["siglip2.vision_model.encoder.layers."],
+     r"num_hidden_layers must be in \[1, 256\], got 0"),
+    (dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}), None, (), "rope_type 'dynamic'"),
+    (dict(rope_theta=1e-300), None, (), r"rope_theta must be a finite number in \[1, 1e\+12\]"),
+    (dict(rms_norm_eps=float("inf")), None, (), "rms_norm_eps must be a finite number"),
+    (None, dict(hidden_act="relu"), (), "hidden_act 'relu' is not supported"),
+    (None, dict(layer_norm_eps=float("nan")), (), "layer_norm_eps must be a finite number"),
+    (dict(num_hidden_layers=2**63), None, (), r"num_hidden_layers must be in \[1, 1024\], got 9223372036854775808"),
+    (dict(num_hidden_layers=10**6), None, (), r"num_hidden_layers must be in \[1, 1024\]"),
+    (dict(vocab_size=2**40), None, (), r"vocab_size must be in \[1, 4194304\]"),
+    (None, dict(num_hidden_layers=10**6), (), r"num_hidden_layers must be in \[1, 256\]"),
+    (dict(bos_token_id=10**6), None, (), "bos_token_id 1000000 is outside the vocabulary"),
+])
+def test_load_rejects_what_used_to_fail_at_first_use(one_layer, tmp_path, config, vision, drop, needle):
+    import time
+
+    path = edit_checkpoint(one_layer, tmp_path / "ck", config, vision, drop)
+    t0 = time.perf_counter()
+    with pytest.raises(densemllm.CheckpointError, match=needle) as ei:
+        densemllm.load(path)
+    assert str(path) in str(ei.value)
+    assert time.perf_counter() - t0 < 5  # 2**63 layers used to build a weight list for 40-50 s
+
+
+def test_load_rejects_a_tokenizer_without_the_image_pad(one_layer, tmp_path):
+    path = edit_checkpoint(one_layer, tmp_path / "ck")
+    tok = json.loads((path / "tokenizer.json").read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|image_pad|>"]
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(densemllm.CheckpointError, match=r"no <\|image_pad\|> token"):
+        densemllm.load(path)
+
+
+def test_huge_scale_is_refused_before_resizing(tiny):
+    img = np.zeros((64, 64, 3), np.uint8)
+    for scale in (1e6, 3e4):
+        with pytest.raises(ValueError, match=f"scale={scale!r} makes the 64x64 image"):
+            tiny.segment(img, ["cat"], scale=scale)
+        with pytest.raises(ValueError, match="scale="):
+            tiny.vision_logits(img, ["cat"], scale=scale)
+    for scale in (math.nan, math.inf, -1.0, 0.0, True):
+        with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+            tiny.segment(img, ["cat"], scale=scale)
+
+
+def test_huge_broadcast_image_is_refused_at_once(tiny):
+    import time
+
+    t0 = time.perf_counter()
+    img = np.broadcast_to(np.uint8(7), (200_000, 200_000, 3))  # 120 GB that is 1 byte
+    with pytest.raises(ValueError, match="pixels exceeds the limit"):
+        tiny.encode_image(img)
+    with pytest.raises(ValueError, match="pixels exceeds the limit"):  # the core's own boundary check
+        _core.preprocess(img, 1024, 16, 2)
+    assert time.perf_counter() - t0 < 5
+
+
+# ---- rle_decode shapes (item 8) ------------------------------------------------------------
+
+def test_rle_decode_rejects_strings_and_floats_as_shapes():
+    from densemllm.parse import rle_decode
+
+    assert rle_decode("(3,2)", (1, 2)).shape == (1, 2)
+    assert rle_decode("(3,2)", (np.int64(2),)).tolist() == [3, 3]
+    for shape in ("12", (1.0, 2.0), (2.5,), [1, "2"]):
+        with pytest.raises(TypeError, match="shape must be an int or a tuple of ints"):
+            rle_decode("(3,2)", shape)

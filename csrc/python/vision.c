@@ -92,6 +92,12 @@ static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
 
 /* A uint8 image array [H, W] or [H, W, C] with any strides (broadcasts, views:
  * a huge broadcast image is never copied). Sets dims and byte strides. */
+/* Largest input image in pixels (PIL's decompression-bomb threshold is of this order;
+ * the per-side limit is densemllm.image.MAX_SIDE). Checked before any resampling loop,
+ * whose cost grows with the source size even when the array is a zero-stride broadcast
+ * of a few bytes. Exported as _core.MAX_IMAGE_PIXELS for the tasks' scale= bound. */
+#define DM_MAX_IMAGE_PIXELS (1LL << 28)
+
 static int image_view(PyObject *obj, PyArrayObject **arr, int64_t dims[3], int64_t strides[3]) {
     if (!PyArray_Check(obj))
         return PyErr_Format(PyExc_TypeError, "image: expected a numpy.ndarray, got %s", Py_TYPE(obj)->tp_name), 0;
@@ -110,6 +116,10 @@ static int image_view(PyObject *obj, PyArrayObject **arr, int64_t dims[3], int64
     if (dims[0] <= 0 || dims[1] <= 0 || dims[2] <= 0)
         return PyErr_Format(PyExc_ValueError, "image: empty image of shape (%lld, %lld, %lld)",
                             (long long)dims[0], (long long)dims[1], (long long)dims[2]), 0;
+    if (dims[0] * dims[1] > DM_MAX_IMAGE_PIXELS)
+        return PyErr_Format(PyExc_ValueError, "image: %lld x %lld = %lld pixels exceeds the limit of %lld",
+                            (long long)dims[0], (long long)dims[1], (long long)(dims[0] * dims[1]),
+                            DM_MAX_IMAGE_PIXELS), 0;
     *arr = a;
     return 1;
 }
@@ -366,6 +376,9 @@ static PyMethodDef vision_methods[] = {
 
 int dm_py_register_vision(PyObject *m) {
     if (PyType_Ready(&VisionTowerType) < 0) return -1;
+    /* The bound densemllm/config.py applies to vision_config.num_hidden_layers. */
+    if (PyModule_AddIntConstant(m, "VISION_MAX_LAYERS", DM_VISION_MAX_LAYERS) < 0) return -1;
+    if (PyModule_AddIntConstant(m, "MAX_IMAGE_PIXELS", (long)DM_MAX_IMAGE_PIXELS) < 0) return -1;
     Py_INCREF(&VisionTowerType);
     if (PyModule_AddObject(m, "VisionTower", (PyObject *)&VisionTowerType) < 0) {
         Py_DECREF(&VisionTowerType);

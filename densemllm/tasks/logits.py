@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from .common import Turn, check_image, class_ids, grid_logits, over_images, render_prompt, scaled, session_grid, to_rgb
+from .segment import check_scale
 
 
 @over_images
@@ -25,7 +26,9 @@ def vision_logits(model, image, ids_or_names, prompt=None, *, scale=1.0):
         names = [e.strip() for e in entries if isinstance(e, str)]
         prompt = (f"Segment: {', '.join(names)}, without the background class." if names
                   else "Segment all objects in this image.")
-    rgb = scaled(to_rgb(image), scale)
+    rgb = to_rgb(image)
+    check_scale(rgb, scale)
+    rgb = scaled(rgb, scale)
     check_image(model, rgb)
     t0 = time.perf_counter()
     sess = model.prefill(render_prompt(model, prompt, what="prompt"), image=rgb)

@@ -1,10 +1,14 @@
 """Semantic segmentation (notes 6-7): ``Segment: a, b, ...`` -> ``<ref>`` list -> dense labels."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from .. import _core
 from ..crf import crf_grid_labels, crf_settings
+from ..image import MAX_SIDE
 from ..results import SegmentResult
 from .common import check_task_keywords, class_ids, grid_logits, over_images, refs_of, run_turn, scaled, timed, to_rgb
 
@@ -15,6 +19,19 @@ def default_prompt(names, background):
     """The benchmark prompt form (notes 8); background mode drops the 'without' clause."""
     joined = ", ".join(names)
     return f"Segment: {joined}." if background else f"Segment: {joined}, without the background class."
+
+
+def check_scale(rgb, scale):
+    """The scale= bound, checked before resizing: a finite number > 0 whose scaled image
+    fits the input limits (_core.MAX_IMAGE_PIXELS, densemllm.image.MAX_SIDE per side)."""
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) \
+            or not scale > 0:
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    h, w = rgb.shape[:2]
+    sh, sw = round(h * scale), round(w * scale)
+    if max(sh, sw) > MAX_SIDE or sh * sw > _core.MAX_IMAGE_PIXELS:
+        raise ValueError(f"scale={scale!r} makes the {w}x{h} image {sw}x{sh} pixels, above the limit of "
+                         f"{_core.MAX_IMAGE_PIXELS} pixels ({MAX_SIDE} per side)")
 
 
 def check_classes(model, classes):
@@ -63,6 +80,7 @@ def segment(model, image, classes, background=False, crf=False, scale=1.0, promp
         raise ValueError("crf_params given but crf=False (pass crf=True to refine)")
     names, groups = check_classes(model, classes)
     rgb = to_rgb(image)
+    check_scale(rgb, scale)
     H, W = rgb.shape[:2]
     text = default_prompt(names, background) if prompt is None else prompt
     try:
