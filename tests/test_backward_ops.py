@@ -458,3 +458,12 @@ def test_concurrent_python_threads_match_serial():
             for got, ref in zip(ex.map(run, jobs), serial):
                 for u, v in zip(got, ref):
                     assert np.array_equal(u, v)
+
+
+def test_attention_backward_without_queries_gives_zero_key_gradients():
+    rng = np.random.default_rng(14)
+    q, k, v = np.zeros((0, 2, 8), np.float32), rand(rng, 5, 1, 8), rand(rng, 5, 1, 4)
+    out, lse = _core.op_attention_forward(q, k, v, 0.5, causal=True)
+    assert out.shape == (0, 2, 4) and lse.shape == (0, 2)
+    dq, dk, dv = _core.op_attention_backward(out, q, k, v, out, lse, 0.5, causal=True)
+    assert dq.shape == (0, 2, 8) and not dk.any() and not dv.any()
