@@ -467,3 +467,36 @@ def test_attention_backward_without_queries_gives_zero_key_gradients():
     assert out.shape == (0, 2, 4) and lse.shape == (0, 2)
     dq, dk, dv = _core.op_attention_backward(out, q, k, v, out, lse, 0.5, causal=True)
     assert dq.shape == (0, 2, 8) and not dk.any() and not dv.any()
+
+
+def test_attention_backward_with_strided_rows():
+    """q, k, v as views of one fused qkv buffer (row stride > H*D) and dout/out as
+    views of wider rows: the same bits as the packed call, the gradients come back
+    with the strides of q, k, v."""
+    rng = np.random.default_rng(15)
+    T, H, Hkv, Dk, Dv = 77, 4, 2, 16, 12
+    qkv = rand(rng, T, H * Dk + Hkv * Dk + Hkv * Dv + 5)
+    q = qkv[:, :H * Dk].reshape(T, H, Dk)
+    k = qkv[:, H * Dk:(H + Hkv) * Dk].reshape(T, Hkv, Dk)
+    v = qkv[:, (H + Hkv) * Dk:(H + Hkv) * Dk + Hkv * Dv].reshape(T, Hkv, Dv)
+    assert not q.flags.c_contiguous and q.strides[0] == qkv.strides[0]
+    qc, kc, vc = (np.ascontiguousarray(a) for a in (q, k, v))
+    out_s, lse_s = _core.op_attention_forward(q, k, v, 0.3, causal=True)
+    out, lse = _core.op_attention_forward(qc, kc, vc, 0.3, causal=True)
+    assert np.array_equal(out_s, out) and np.array_equal(lse_s, lse)
+    wide = np.zeros((T, 2, H * Dv + 3), np.float32)
+    wide[:, 0, :H * Dv] = rand(rng, T, H * Dv)
+    wide[:, 1, :H * Dv] = out.reshape(T, -1)
+    dy_s = wide[:, 0, :H * Dv].reshape(T, H, Dv)
+    out_w = wide[:, 1, :H * Dv].reshape(T, H, Dv)
+    # dout and out share one token stride (the kernel's out_stride)
+    with pytest.raises(ValueError, match="token stride"):
+        _core.op_attention_backward(np.ascontiguousarray(dy_s), q, k, v, out_w, lse, 0.3, causal=True)
+    wide2 = np.zeros_like(wide)  # dout with out_w's token stride
+    wide2[:, 1, :H * Dv] = dy_s.reshape(T, -1)
+    dy_w = wide2[:, 1, :H * Dv].reshape(T, H, Dv)
+    got = _core.op_attention_backward(dy_w, q, k, v, out_w, lse, 0.3, causal=True)
+    ref = _core.op_attention_backward(np.ascontiguousarray(dy_s), qc, kc, vc, out, lse, 0.3, causal=True)
+    for g, r, src in zip(got, ref, (q, k, v)):
+        assert g.strides == src.strides
+        assert np.array_equal(g, r)
