@@ -420,6 +420,11 @@ def test_attention_backward_same_bits_for_any_thread_count(threads, causal, segm
     for r in res[1:]:
         for u, w in zip(res[0], r):
             assert np.array_equal(u, w)
+    # the K/V packs in a caller's workspace (attention_backward_workspace_bytes) change nothing
+    densemllm.set_num_threads(2)
+    ws = _core.op_attention_backward(dy, q, k, v, out, lse, 0.2, causal=causal, segments=seg, workspace=True)
+    for u, w in zip(res[0], ws):
+        assert np.array_equal(u, w)
 
 
 def test_attention_backward_rejects_bad_arguments():

@@ -907,6 +907,26 @@ static void bwd_q_item(const bwd_ctx *c, const attn_item *it, int64_t first_kv, 
     }
 }
 
+/* 64-key blocks of all segments (the backward's key work items). */
+static int64_t backward_key_blocks(const dm_attn_args *a) {
+    if (!(a->segments && a->n_seg > 0)) return (a->Tk + BK - 1) / BK;
+    int64_t n = 0;
+    for (int64_t s = 0; s < a->n_seg; s++) {
+        const int64_t len = a->segments[s + 1] - a->segments[s];
+        if (len <= 0) return 0;
+        n += (len + BK - 1) / BK;
+    }
+    return n;
+}
+
+/* take_two's need for the packs: both buffers rounded to 64 bytes, plus alignment. */
+size_t attention_backward_workspace_bytes(const dm_attn_args *a) {
+    const size_t blocks = (size_t)backward_key_blocks(a) * (size_t)a->Hkv;
+    const size_t b1 = (blocks * (size_t)a->Dk * BK * sizeof(float) + 63) / 64 * 64;
+    const size_t b2 = (blocks * (size_t)a->Dv * BK * sizeof(float) + 63) / 64 * 64;
+    return b1 + b2 + 64;
+}
+
 dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse,
                              const dm_attn_args *a) {

@@ -78,6 +78,10 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
  * transposed copy of K and V per key block (Hkv * blocks * 64 * (Dk+Dv) floats,
  * blocks = the 64-key blocks of every segment), taken from a->workspace when
  * that is large enough, else allocated. */
+/* Bytes of workspace attention_backward can use for these arguments (its K/V
+ * packs; segments must already be valid, else 0). */
+size_t attention_backward_workspace_bytes(const dm_attn_args *a);
+
 dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse,
                              const dm_attn_args *a);

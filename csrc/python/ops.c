@@ -663,12 +663,12 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
 
 /* op_attention_backward(dout, q, k, v, out, lse, scale, causal=False, segments=None) -> (dq, dk, dv) */
 static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"dout", "q", "k", "v", "out", "lse", "scale", "causal", "segments", NULL};
+    static char *kwlist[] = {"dout", "q", "k", "v", "out", "lse", "scale", "causal", "segments", "workspace", NULL};
     PyObject *g_o, *q_o, *k_o, *v_o, *o_o, *l_o, *seg_o = Py_None;
     float scale;
-    int causal = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOf|pO", kwlist, &g_o, &q_o, &k_o, &v_o, &o_o, &l_o, &scale,
-                                     &causal, &seg_o))
+    int causal = 0, use_ws = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOf|pOp", kwlist, &g_o, &q_o, &k_o, &v_o, &o_o, &l_o, &scale,
+                                     &causal, &seg_o, &use_ws))
         return NULL;
     dm_attn_args a;
     npy_intp qd[3], kd[3], vd[3], gd[3], od[3], ld[2];
@@ -697,11 +697,25 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
     }
     const float *q = PyArray_DATA((PyArrayObject *)q_o), *k = PyArray_DATA((PyArrayObject *)k_o),
                 *v = PyArray_DATA((PyArrayObject *)v_o);
+    PyArrayObject *ws = NULL;
+    if (use_ws) { /* a caller-owned workspace for the K/V packs (the size reads only segments[0..n_seg]) */
+        npy_intp wd[1] = {(npy_intp)attention_backward_workspace_bytes(&a)};
+        ws = (PyArrayObject *)PyArray_ZEROS(1, wd, NPY_UINT8, 0);
+        if (!ws) {
+            Py_DECREF(dq);
+            Py_DECREF(dk);
+            Py_DECREF(dv);
+            return NULL;
+        }
+        a.workspace = PyArray_DATA(ws);
+        a.workspace_bytes = (size_t)wd[0];
+    }
     dm_status st;
     dm_threads_enter();
     Py_BEGIN_ALLOW_THREADS
     st = attention_backward(F32(dq), F32(dk), F32(dv), g, q, k, v, o, lse, &a);
     Py_END_ALLOW_THREADS
+    Py_XDECREF(ws);
     if (st != DM_OK) {
         Py_DECREF(dq);
         Py_DECREF(dk);
