@@ -403,19 +403,28 @@ def test_attention_backward_matches_autograd(tq, tk, h, hkv, dk, dv, causal, seg
     check(dv_, gv, "dv")
 
 
-def test_attention_backward_same_bits_for_any_thread_count(threads):
+@pytest.mark.parametrize("causal,segments,hkv", [(False, [0, 64, 150, 200], 2), (True, None, 4)])
+def test_attention_backward_same_bits_for_any_thread_count(threads, causal, segments, hkv):
+    """Also across the two schedules: with few (kv head, segment) items per thread the
+    kernel switches from the fused pass to two passes (here at 4 threads for the first
+    case, at 3 for the second); both sum the same terms in the same order."""
     rng = np.random.default_rng(12)
-    tq, h, hkv, dk, dv = 200, 4, 2, 32, 24
+    tq, h, dk, dv = 200, 4, 32, 24
     q, k, v, dy = rand(rng, tq, h, dk), rand(rng, tq, hkv, dk), rand(rng, tq, hkv, dv), rand(rng, tq, h, dv)
-    seg = np.array([0, 64, 150, 200], np.int64)
+    seg = None if segments is None else np.array(segments, np.int64)
     res = []
-    for t in (1, 2, 3):
+    for t in (1, 2, 3, 4, 8):
         densemllm.set_num_threads(t)
-        out, lse = _core.op_attention_forward(q, k, v, 0.2, segments=seg)
-        res.append(_core.op_attention_backward(dy, q, k, v, out, lse, 0.2, segments=seg))
+        out, lse = _core.op_attention_forward(q, k, v, 0.2, causal=causal, segments=seg)
+        res.append(_core.op_attention_backward(dy, q, k, v, out, lse, 0.2, causal=causal, segments=seg))
     for r in res[1:]:
         for u, w in zip(res[0], r):
             assert np.array_equal(u, w)
+    # the K/V packs in a caller's workspace (attention_backward_workspace_bytes) change nothing
+    densemllm.set_num_threads(2)
+    ws = _core.op_attention_backward(dy, q, k, v, out, lse, 0.2, causal=causal, segments=seg, workspace=True)
+    for u, w in zip(res[0], ws):
+        assert np.array_equal(u, w)
 
 
 def test_attention_backward_rejects_bad_arguments():
@@ -454,3 +463,45 @@ def test_concurrent_python_threads_match_serial():
             for got, ref in zip(ex.map(run, jobs), serial):
                 for u, v in zip(got, ref):
                     assert np.array_equal(u, v)
+
+
+def test_attention_backward_without_queries_gives_zero_key_gradients():
+    rng = np.random.default_rng(14)
+    q, k, v = np.zeros((0, 2, 8), np.float32), rand(rng, 5, 1, 8), rand(rng, 5, 1, 4)
+    out, lse = _core.op_attention_forward(q, k, v, 0.5, causal=True)
+    assert out.shape == (0, 2, 4) and lse.shape == (0, 2)
+    dq, dk, dv = _core.op_attention_backward(out, q, k, v, out, lse, 0.5, causal=True)
+    assert dq.shape == (0, 2, 8) and not dk.any() and not dv.any()
+
+
+def test_attention_backward_with_strided_rows():
+    """q, k, v as views of one fused qkv buffer (row stride > H*D) and dout/out as
+    views of wider rows: the same bits as the packed call, the gradients come back
+    with the strides of q, k, v."""
+    rng = np.random.default_rng(15)
+    T, H, Hkv, Dk, Dv = 77, 4, 2, 16, 12
+    qkv = rand(rng, T, H * Dk + Hkv * Dk + Hkv * Dv + 5)
+    q = qkv[:, :H * Dk].reshape(T, H, Dk)
+    k = qkv[:, H * Dk:(H + Hkv) * Dk].reshape(T, Hkv, Dk)
+    v = qkv[:, (H + Hkv) * Dk:(H + Hkv) * Dk + Hkv * Dv].reshape(T, Hkv, Dv)
+    assert not q.flags.c_contiguous and q.strides[0] == qkv.strides[0]
+    qc, kc, vc = (np.ascontiguousarray(a) for a in (q, k, v))
+    out_s, lse_s = _core.op_attention_forward(q, k, v, 0.3, causal=True)
+    out, lse = _core.op_attention_forward(qc, kc, vc, 0.3, causal=True)
+    assert np.array_equal(out_s, out) and np.array_equal(lse_s, lse)
+    wide = np.zeros((T, 2, H * Dv + 3), np.float32)
+    wide[:, 0, :H * Dv] = rand(rng, T, H * Dv)
+    wide[:, 1, :H * Dv] = out.reshape(T, -1)
+    dy_s = wide[:, 0, :H * Dv].reshape(T, H, Dv)
+    out_w = wide[:, 1, :H * Dv].reshape(T, H, Dv)
+    # dout and out share one token stride (the kernel's out_stride)
+    with pytest.raises(ValueError, match="token stride"):
+        _core.op_attention_backward(np.ascontiguousarray(dy_s), q, k, v, out_w, lse, 0.3, causal=True)
+    wide2 = np.zeros_like(wide)  # dout with out_w's token stride
+    wide2[:, 1, :H * Dv] = dy_s.reshape(T, -1)
+    dy_w = wide2[:, 1, :H * Dv].reshape(T, H, Dv)
+    got = _core.op_attention_backward(dy_w, q, k, v, out_w, lse, 0.3, causal=True)
+    ref = _core.op_attention_backward(np.ascontiguousarray(dy_s), qc, kc, vc, out, lse, 0.3, causal=True)
+    for g, r, src in zip(got, ref, (q, k, v)):
+        assert g.strides == src.strides
+        assert np.array_equal(g, r)

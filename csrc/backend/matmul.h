@@ -42,9 +42,8 @@ dm_status dm_matmul_openblas(float *out, const float *x, const dm_tensor *w,
  * are the training case and are exact f32 products on both backends; a BF16
  * W on oneDNN meets bf16-rounded dY (the precision of the bf16 forward), other
  * non-f32 W are widened a panel at a time (OpenBLAS path).
- * Results are the same for any thread count up to the backend's own
- * reduction order (OpenBLAS and oneDNN split K the same way for a given
- * problem on a given machine; dm_bias_grad is deterministic). */
+ * The products' summation order is the backend's (its blocking may depend on
+ * the thread count, so their last bits may too); dm_bias_grad is deterministic. */
 dm_status dm_matmul_dx(dm_backend backend, float *dx, int64_t ldx, const float *dy, int64_t ldy,
                        const dm_tensor *w, int64_t M, int accumulate);
 dm_status dm_matmul_dw(dm_backend backend, float *dw, const float *dy, int64_t ldy, const float *x,

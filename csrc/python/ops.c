@@ -543,12 +543,57 @@ static PyObject *py_embedding_backward(PyObject *self, PyObject *args, PyObject 
 
 /* ---- attention ---- */
 
-/* Shapes q[Tq,H,Dk], k[Tk,Hkv,Dk], v[Tk,Hkv,Dv] (contiguous) into args; segments:
- * None or int64 boundaries [n_seg+1]. */
+/* A [T, H, D] f32 array whose tokens may be strided (a view of wider rows, e.g. q
+ * inside a fused qkv buffer): heads and dims contiguous, token stride a multiple of
+ * 4 bytes of at least H*D floats. *stride receives it in elements. */
+static const float *head_array(PyObject *obj, const char *what, npy_intp *dims, int64_t *stride) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", what, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != NPY_FLOAT32 || PyArray_NDIM(a) != 3) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a 3-D float32 array", what);
+        return NULL;
+    }
+    for (int i = 0; i < 3; i++) dims[i] = PyArray_DIM(a, i);
+    const npy_intp row = dims[1] * dims[2];
+    const npy_intp s0 = PyArray_STRIDE(a, 0), s1 = PyArray_STRIDE(a, 1), s2 = PyArray_STRIDE(a, 2);
+    int ok = PyArray_SIZE(a) == 0 || (PyArray_ISALIGNED(a) && (dims[2] <= 1 || s2 == 4) && (dims[1] <= 1 || s1 == 4 * dims[2]) &&
+             (dims[0] <= 1 || (s0 % 4 == 0 && s0 / 4 >= row)));
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "%s: heads and dims must be contiguous, tokens >= H*D floats apart", what);
+        return NULL;
+    }
+    *stride = dims[0] > 1 && row > 0 ? s0 / 4 : row;
+    return PyArray_DATA(a);
+}
+
+/* A zeroed [T, H, D] f32 array whose tokens are `stride` floats apart (a view of a
+ * [T, stride] buffer), the layout the backward writes a gradient in. */
+static PyArrayObject *strided_zeros(npy_intp T, npy_intp H, npy_intp D, int64_t stride) {
+    npy_intp bd[2] = {T, (npy_intp)stride};
+    PyArrayObject *base = new_f32(2, bd);
+    if (!base) return NULL;
+    npy_intp dims[3] = {T, H, D}, strides[3] = {(npy_intp)stride * 4, D * 4, 4};
+    PyObject *view = PyArray_NewFromDescr(&PyArray_Type, PyArray_DescrFromType(NPY_FLOAT32), 3, dims, strides,
+                                          PyArray_DATA(base), NPY_ARRAY_WRITEABLE | NPY_ARRAY_ALIGNED, NULL);
+    if (!view || PyArray_SetBaseObject((PyArrayObject *)view, (PyObject *)base) < 0) {
+        Py_XDECREF(view);
+        if (!view) Py_DECREF(base);
+        return NULL;
+    }
+    return (PyArrayObject *)view;
+}
+
+/* Shapes q[Tq,H,Dk], k[Tk,Hkv,Dk], v[Tk,Hkv,Dv] (token rows may be strided) into
+ * args; segments: None or int64 boundaries [n_seg+1]. */
 static int attn_setup(PyObject *q_o, PyObject *k_o, PyObject *v_o, PyObject *seg_o, float scale, int causal,
                       dm_attn_args *a, npy_intp *qd, npy_intp *kd, npy_intp *vd) {
     memset(a, 0, sizeof *a);
-    if (!f32_array(q_o, "q", 3, qd) || !f32_array(k_o, "k", 3, kd) || !f32_array(v_o, "v", 3, vd)) return 0;
+    if (!head_array(q_o, "q", qd, &a->q_stride) || !head_array(k_o, "k", kd, &a->k_stride) ||
+        !head_array(v_o, "v", vd, &a->v_stride))
+        return 0;
     if (kd[0] != vd[0] || kd[1] != vd[1]) {
         PyErr_Format(PyExc_ValueError, "v: expected %zd tokens x %zd heads (k's)", kd[0], kd[1]);
         return 0;
@@ -618,24 +663,32 @@ static PyObject *py_attention_forward(PyObject *self, PyObject *args, PyObject *
 
 /* op_attention_backward(dout, q, k, v, out, lse, scale, causal=False, segments=None) -> (dq, dk, dv) */
 static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"dout", "q", "k", "v", "out", "lse", "scale", "causal", "segments", NULL};
+    static char *kwlist[] = {"dout", "q", "k", "v", "out", "lse", "scale", "causal", "segments", "workspace", NULL};
     PyObject *g_o, *q_o, *k_o, *v_o, *o_o, *l_o, *seg_o = Py_None;
     float scale;
-    int causal = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOf|pO", kwlist, &g_o, &q_o, &k_o, &v_o, &o_o, &l_o, &scale,
-                                     &causal, &seg_o))
+    int causal = 0, use_ws = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOf|pOp", kwlist, &g_o, &q_o, &k_o, &v_o, &o_o, &l_o, &scale,
+                                     &causal, &seg_o, &use_ws))
         return NULL;
     dm_attn_args a;
     npy_intp qd[3], kd[3], vd[3], gd[3], od[3], ld[2];
     if (!attn_setup(q_o, k_o, v_o, seg_o, scale, causal, &a, qd, kd, vd)) return NULL;
     npy_intp want_o[3] = {qd[0], qd[1], vd[2]}, want_l[2] = {qd[0], qd[1]};
-    const float *g = f32_array(g_o, "dout", 3, gd);
-    const float *o = g ? f32_array(o_o, "out", 3, od) : NULL;
+    int64_t gs = 0, os_ = 0;
+    const float *g = head_array(g_o, "dout", gd, &gs);
+    const float *o = g ? head_array(o_o, "out", od, &os_) : NULL;
     const float *lse = o ? f32_array(l_o, "lse", 2, ld) : NULL;
     if (!lse || !expect_dims("dout", 3, gd, want_o) || !expect_dims("out", 3, od, want_o) ||
         !expect_dims("lse", 2, ld, want_l))
         return NULL;
-    PyArrayObject *dq = new_f32(3, qd), *dk = new_f32(3, kd), *dv = new_f32(3, vd);
+    if (gs != os_ && qd[0] > 1)
+        return PyErr_Format(PyExc_ValueError, "dout: token stride %lld, expected out's %lld", (long long)gs,
+                            (long long)os_);
+    a.out_stride = os_;
+    /* gradients in the layouts (token strides) of q, k, v */
+    PyArrayObject *dq = strided_zeros(qd[0], qd[1], qd[2], a.q_stride);
+    PyArrayObject *dk = dq ? strided_zeros(kd[0], kd[1], kd[2], a.k_stride) : NULL;
+    PyArrayObject *dv = dk ? strided_zeros(vd[0], vd[1], vd[2], a.v_stride) : NULL;
     if (!dq || !dk || !dv) {
         Py_XDECREF(dq);
         Py_XDECREF(dk);
@@ -644,11 +697,25 @@ static PyObject *py_attention_backward(PyObject *self, PyObject *args, PyObject 
     }
     const float *q = PyArray_DATA((PyArrayObject *)q_o), *k = PyArray_DATA((PyArrayObject *)k_o),
                 *v = PyArray_DATA((PyArrayObject *)v_o);
+    PyArrayObject *ws = NULL;
+    if (use_ws) { /* a caller-owned workspace for the K/V packs (the size reads only segments[0..n_seg]) */
+        npy_intp wd[1] = {(npy_intp)attention_backward_workspace_bytes(&a)};
+        ws = (PyArrayObject *)PyArray_ZEROS(1, wd, NPY_UINT8, 0);
+        if (!ws) {
+            Py_DECREF(dq);
+            Py_DECREF(dk);
+            Py_DECREF(dv);
+            return NULL;
+        }
+        a.workspace = PyArray_DATA(ws);
+        a.workspace_bytes = (size_t)wd[0];
+    }
     dm_status st;
     dm_threads_enter();
     Py_BEGIN_ALLOW_THREADS
     st = attention_backward(F32(dq), F32(dk), F32(dv), g, q, k, v, o, lse, &a);
     Py_END_ALLOW_THREADS
+    Py_XDECREF(ws);
     if (st != DM_OK) {
         Py_DECREF(dq);
         Py_DECREF(dk);
