@@ -257,6 +257,20 @@ def test_concurrent_calls_accumulate_like_serial_ones(tmp_path):
         assert np.abs(g - 2 * single[n]).max() <= 1e-6 * np.abs(2 * single[n]).max(), n
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_masters_from_any_dtype(tmp_path, dtype):
+    """The table covers every checkpoint tensor (the one list of names/shapes) and the
+    f32 masters are the file's values widened exactly."""
+    path = make_checkpoint(tmp_path / dtype, dtype=dtype, tie_word_embeddings=False)
+    tm = TrainableModel(path)
+    st = load_file(str(path / "model.safetensors"))
+    params = tm.params()
+    assert set(params) == set(st)
+    for n, t in st.items():
+        assert params[n].shape == tuple(t.shape) and np.array_equal(params[n], t.float().numpy()), n
+    assert tm.num_parameters == sum(t.numel() for t in st.values())
+
+
 def test_bad_input(tmp_path):
     path = build(tmp_path, "bad")
     tm = TrainableModel(path)
