@@ -217,7 +217,8 @@ def test_norm_param_grads_do_not_depend_on_threads(threads):
 @pytest.mark.parametrize("kind", ["gelu_tanh", "gelu"])
 def test_gelu_backward_matches_autograd(kind):
     rng = np.random.default_rng(1)
-    x = np.concatenate([np.linspace(-9, 9, 1001, dtype=np.float32), rand(rng, 999)])
+    x = np.concatenate([np.linspace(-9, 9, 1001, dtype=np.float32), rand(rng, 999),
+                        np.array([-100, -30, 30, 100], np.float32)])  # saturated ends
     dy = rand(rng, x.size)
     xt = t64(x)
     y = torch.nn.functional.gelu(xt, approximate="tanh" if kind == "gelu_tanh" else "none")
@@ -232,8 +233,9 @@ def test_gelu_backward_matches_autograd(kind):
 
 def test_swiglu_backward_matches_autograd():
     rng = np.random.default_rng(2)
-    n = 1000 + 13  # a masked AVX-512 tail
+    n = 1000 + 13  # a scalar tail after the AVX-512 blocks
     g, u, dy = rand(rng, n, scale=3.0), rand(rng, n), rand(rng, n)
+    g[:200] = np.linspace(-100, 100, 200)  # saturated sigmoid both ways
     gt, ut = t64(g), t64(u)
     y = torch.nn.functional.silu(gt) * ut
     check(_core.op_swiglu_forward(g, u), y, "forward")
@@ -241,6 +243,11 @@ def test_swiglu_backward_matches_autograd():
     dg, du = _core.op_swiglu_backward(dy, g, u)
     check(dg, gg, "dgate")
     check(du, gu, "dup")
+    dg0, du0 = rand(rng, n), rand(rng, n)
+    ref_g, ref_u = dg0.astype(np.float64) + gg.numpy(), du0.astype(np.float64) + gu.numpy()
+    _core.op_swiglu_backward(dy, g, u, dgate=dg0, dup=du0)
+    check(dg0, ref_g, "dgate +=")
+    check(du0, ref_u, "dup +=")
 
 
 # ---------------------------------------------------------------- rope
@@ -396,16 +403,20 @@ def test_attention_backward_matches_autograd(tq, tk, h, hkv, dk, dv, causal, seg
     check(dv_, gv, "dv")
 
 
-def test_attention_backward_same_bits_for_any_thread_count(threads):
+@pytest.mark.parametrize("causal,segments,hkv", [(False, [0, 64, 150, 200], 2), (True, None, 4)])
+def test_attention_backward_same_bits_for_any_thread_count(threads, causal, segments, hkv):
+    """Also across the two schedules: with few (kv head, segment) items per thread the
+    kernel switches from the fused pass to two passes (here at 4 threads for the first
+    case, at 3 for the second); both sum the same terms in the same order."""
     rng = np.random.default_rng(12)
-    tq, h, hkv, dk, dv = 200, 4, 2, 32, 24
+    tq, h, dk, dv = 200, 4, 32, 24
     q, k, v, dy = rand(rng, tq, h, dk), rand(rng, tq, hkv, dk), rand(rng, tq, hkv, dv), rand(rng, tq, h, dv)
-    seg = np.array([0, 64, 150, 200], np.int64)
+    seg = None if segments is None else np.array(segments, np.int64)
     res = []
-    for t in (1, 2, 3):
+    for t in (1, 2, 3, 4, 8):
         densemllm.set_num_threads(t)
-        out, lse = _core.op_attention_forward(q, k, v, 0.2, segments=seg)
-        res.append(_core.op_attention_backward(dy, q, k, v, out, lse, 0.2, segments=seg))
+        out, lse = _core.op_attention_forward(q, k, v, 0.2, causal=causal, segments=seg)
+        res.append(_core.op_attention_backward(dy, q, k, v, out, lse, 0.2, causal=causal, segments=seg))
     for r in res[1:]:
         for u, w in zip(res[0], r):
             assert np.array_equal(u, w)
@@ -420,3 +431,39 @@ def test_attention_backward_rejects_bad_arguments():
         _core.op_attention_backward(out, q, k, v, out, lse[:2].copy(), 0.5)
     with pytest.raises(ValueError, match="segments"):
         _core.op_attention_backward(out, q, k, v, out, lse, 0.5, segments=np.array([0, 3], np.int64))
+
+
+def test_concurrent_python_threads_match_serial():
+    """The backwards keep no shared state: calls from several Python threads at once
+    (the GIL is released) give the serial results, bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(13)
+    jobs = []
+    for i in range(4):
+        tq, h, d = 70 + 9 * i, 2, 16
+        q, k, v, dy = rand(rng, tq, h, d), rand(rng, tq, h, d), rand(rng, tq, h, d), rand(rng, tq, h, d)
+        x, w, g = rand(rng, 50 + i, 33), rand(rng, 21, 33), rand(rng, 50 + i, 21)
+        jobs.append((q, k, v, dy, x, w, g))
+
+    def run(job):
+        q, k, v, dy, x, w, g = job
+        out, lse = _core.op_attention_forward(q, k, v, 0.25, causal=True)
+        return (*_core.op_attention_backward(dy, q, k, v, out, lse, 0.25, causal=True),
+                *_core.op_linear_backward(g, x, w, "onednn"), *_core.op_linear_backward(g, x, w, "openblas"))
+
+    serial = [run(j) for j in jobs]
+    with ThreadPoolExecutor(4) as ex:
+        for _ in range(3):
+            for got, ref in zip(ex.map(run, jobs), serial):
+                for u, v in zip(got, ref):
+                    assert np.array_equal(u, v)
+
+
+def test_attention_backward_without_queries_gives_zero_key_gradients():
+    rng = np.random.default_rng(14)
+    q, k, v = np.zeros((0, 2, 8), np.float32), rand(rng, 5, 1, 8), rand(rng, 5, 1, 4)
+    out, lse = _core.op_attention_forward(q, k, v, 0.5, causal=True)
+    assert out.shape == (0, 2, 4) and lse.shape == (0, 2)
+    dq, dk, dv = _core.op_attention_backward(out, q, k, v, out, lse, 0.5, causal=True)
+    assert dq.shape == (0, 2, 8) and not dk.any() and not dv.any()

@@ -823,8 +823,12 @@ static inline int visible_keys(const dm_attn_args *a, int64_t i, int64_t kb, int
     return lim < 0 ? 0 : lim > nk ? nk : (int)lim;
 }
 
+/* Pass A's item: key block b (= *it) of kv head g. With dQa (fused mode, see
+ * attention_backward) it also adds dQ += dS K for the queries of the segment into
+ * dQa[hh][i - it->i0][Dk] (rows it->i1 - it->i0 + 4 per head): the same sums in the
+ * same order as pass B, so both modes give identical bits. */
 static void bwd_kv_item(const bwd_ctx *c, const kv_item *it, int64_t b, int g, float *S, float *dP, float *PT,
-                        float *dST, float *dKa, float *dVa) {
+                        float *dST, float *dKa, float *dVa, float *dQa) {
     const dm_attn_args *a = c->a;
     const int Dk = a->Dk, Dv = a->Dv, rep = a->H / a->Hkv;
     const int nk = (int)(it->j1 - it->j0);
@@ -856,6 +860,9 @@ static void bwd_kv_item(const bwd_ctx *c, const kv_item *it, int64_t b, int g, f
             /* dV[j] += sum_r P[r][j] dO_r, dK[j] += sum_r dS[r][j] q_r */
             block_accumulate(dVa, PT, nk, oh + i0 * c->os, c->os, (int)nq, Dv);
             block_accumulate(dKa, dST, nk, qh + i0 * c->qs, c->qs, (int)nq, Dk);
+            if (dQa) /* dS rows >= nq are zero: the padded rows of dQa stay unchanged */
+                block_accumulate(dQa + ((int64_t)hh * (it->i1 - it->i0 + 4) + (i0 - it->i0)) * Dk, dP, nq,
+                                 c->k + it->j0 * c->ks + (int64_t)g * Dk, c->ks, nk, Dk);
         }
     }
     for (int j = 0; j < nk; j++) {
@@ -923,7 +930,9 @@ dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout,
         n_kv += (khi - klo + BK - 1) / BK;
     }
     attn_item *qitems = dm_alloc((size_t)n_q, sizeof(attn_item), "attention backward query blocks");
-    int64_t *qfirst = qitems ? dm_alloc((size_t)n_q, sizeof(int64_t), "attention backward block map") : NULL;
+    int64_t *qfirst = qitems ? dm_alloc((size_t)(n_q + n_seg + 1), sizeof(int64_t), "attention backward block map")
+                             : NULL;
+    int64_t *sfirst = qfirst ? qfirst + n_q : NULL; /* first kv item of each segment, n_seg + 1 entries */
     kv_item *kitems = qfirst ? dm_alloc((size_t)n_kv, sizeof(kv_item), "attention backward key blocks") : NULL;
     float *D = kitems ? dm_alloc((size_t)(a->Tq * a->H), sizeof(float), "attention backward D") : NULL;
     const int nt = omp_get_max_threads();
@@ -948,6 +957,7 @@ dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout,
     for (int64_t s = 0; s < n_seg; s++) {
         const int64_t qlo = has_seg ? a->segments[s] : 0, qhi = has_seg ? a->segments[s + 1] : a->Tq;
         const int64_t klo = has_seg ? a->segments[s] : 0, khi = has_seg ? a->segments[s + 1] : a->Tk;
+        sfirst[s] = n_kv;
         for (int64_t r = qlo; r < qhi; r += BQ) {
             qfirst[n_q] = n_kv;
             qitems[n_q++] = (attn_item){r, r + BQ < qhi ? r + BQ : qhi, klo, khi};
@@ -955,6 +965,7 @@ dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout,
         for (int64_t j = klo; j < khi; j += BK)
             kitems[n_kv++] = (kv_item){j, j + BK < khi ? j + BK : khi, qlo, qhi};
     }
+    sfirst[n_seg] = n_kv;
     float *kTp = p1, *vTp = p2;
     bwd_ctx c = {dq, dk, dv, dout, q, k, v, lse, D, st[0], st[1], st[2], st[3], a, kTp, vTp, n_kv};
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -974,18 +985,54 @@ dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout,
             for (int x = 0; x < a->Dv; x++) acc += g[x] * o[x];
             D[i * a->H + h] = acc;
         }
+    /* Fused mode: one item per (kv head, segment) runs pass A over the segment's key
+     * blocks in order and accumulates dQ on the way (5 block products per block pair
+     * instead of 7). Chosen when there are enough such items to keep the threads busy
+     * and their dQ accumulators are small; it sums exactly what the two passes sum,
+     * in the same order, so the choice (which depends on the thread count) never
+     * changes the result. */
+    const int rep = a->H / a->Hkv;
+    int64_t max_seg = 0;
+    for (int64_t s = 0; s < n_seg; s++) {
+        const int64_t len = has_seg ? a->segments[s + 1] - a->segments[s] : a->Tq;
+        if (len > max_seg) max_seg = len;
+    }
+    const size_t dq_acc = (size_t)rep * (size_t)(max_seg + 4) * (size_t)a->Dk;
+    const int fused = a->Hkv * n_seg >= 2 * (int64_t)nt && dq_acc * sizeof(float) <= ((size_t)16 << 20);
+    float *dq_scratch = fused ? dm_alloc((size_t)nt * dq_acc, sizeof(float), "attention backward dq") : NULL;
     const int64_t total_kv = n_kv * a->Hkv, total_q = n_q * a->H;
 #pragma omp parallel num_threads(nt)
     {
         float *S = scratch + (size_t)omp_get_thread_num() * per;
         float *dP = S + blk, *PT = dP + blk, *dST = PT + blk, *dKa = dST + blk, *dVa = dKa + dk_b;
+        if (dq_scratch) {
+            float *dQa = dq_scratch + (size_t)omp_get_thread_num() * dq_acc;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t w = 0; w < total_kv; w++)
-            bwd_kv_item(&c, &kitems[w % n_kv], w % n_kv, (int)(w / n_kv), S, dP, PT, dST, dKa, dVa);
+            for (int64_t w = 0; w < a->Hkv * n_seg; w++) {
+                const int64_t sg = w % n_seg;
+                const int g = (int)(w / n_seg);
+                const int64_t b0 = sfirst[sg], b1 = sfirst[sg + 1];
+                const int64_t i0 = kitems[b0].i0, i1 = kitems[b0].i1;
+                memset(dQa, 0, (size_t)rep * (size_t)(i1 - i0 + 4) * a->Dk * sizeof(float));
+                for (int64_t b = b0; b < b1; b++)
+                    bwd_kv_item(&c, &kitems[b], b, g, S, dP, PT, dST, dKa, dVa, dQa);
+                for (int hh = 0; hh < rep; hh++)
+                    for (int64_t i = i0; i < i1; i++) {
+                        float *dqr = dq + i * st[0] + (int64_t)(g * rep + hh) * a->Dk;
+                        const float *qa = dQa + ((int64_t)hh * (i1 - i0 + 4) + (i - i0)) * a->Dk;
+                        for (int x = 0; x < a->Dk; x++) dqr[x] = a->scale * qa[x];
+                    }
+            }
+        } else {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t w = 0; w < total_q; w++)
-            bwd_q_item(&c, &qitems[w % n_q], qfirst[w % n_q], (int)(w / n_q), S, dP, dKa);
+            for (int64_t w = 0; w < total_kv; w++)
+                bwd_kv_item(&c, &kitems[w % n_kv], w % n_kv, (int)(w / n_kv), S, dP, PT, dST, dKa, dVa, NULL);
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t w = 0; w < total_q; w++)
+                bwd_q_item(&c, &qitems[w % n_q], qfirst[w % n_q], (int)(w / n_q), S, dP, dKa);
+        }
     }
+    dm_free(dq_scratch);
     if (packs_owned) {
         dm_free(p2);
         dm_free(p1);

@@ -68,11 +68,13 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
  * [Hkv*Dv] part of each row) with the layouts and row strides of q / k / v;
  * dout has the layout of out; dq, dk, dv must not overlap each other or the
  * inputs. Same masking rules (segments, causal, GQA,
- * Dk != Dv, scale) as the forward. The score blocks are recomputed twice: a
- * pass parallel over (kv head, key block) owns dk/dv, a pass parallel over
- * (head, query block) owns dq, so no two threads write one element and every
- * element is summed in a fixed order: results are bit-identical for any
- * thread count. Memory: per-thread block scratch, D (Tq*H floats) and one
+ * Dk != Dv, scale) as the forward. Each output element has one writer and is
+ * summed in a fixed order: with enough (kv head, segment) pairs for the threads,
+ * one item per pair visits its key blocks in order and owns their dk/dv and its
+ * queries' dq (5 block products per block pair); otherwise a pass over (kv head,
+ * key block) owns dk/dv and a pass over (head, query block) owns dq, recomputing
+ * the score blocks (7 products). Both schedules add the same terms in the same
+ * order: results are bit-identical for any thread count. Memory: per-thread block scratch, D (Tq*H floats) and one
  * transposed copy of K and V per key block (Hkv * blocks * 64 * (Dk+Dv) floats,
  * blocks = the 64-key blocks of every segment), taken from a->workspace when
  * that is large enough, else allocated. */

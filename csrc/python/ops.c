@@ -392,11 +392,18 @@ static PyObject *py_swiglu_forward(PyObject *self, PyObject *args) {
     return (PyObject *)out;
 }
 
-static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
-    PyObject *d_o, *g_o, *u_o;
+/* dgate / dup given (both): added to (accumulate) */
+static PyObject *py_swiglu_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"dout", "gate", "up", "dgate", "dup", NULL};
+    PyObject *d_o, *g_o, *u_o, *dg_o = Py_None, *du_o = Py_None;
     npy_intp n;
-    if (!PyArg_ParseTuple(args, "OOO", &d_o, &g_o, &u_o) || !swiglu_args(g_o, u_o, d_o, &n)) return NULL;
-    PyArrayObject *dg = new_f32(1, &n), *du = new_f32(1, &n);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO", kwlist, &d_o, &g_o, &u_o, &dg_o, &du_o) ||
+        !swiglu_args(g_o, u_o, d_o, &n))
+        return NULL;
+    if ((dg_o == Py_None) != (du_o == Py_None))
+        return PyErr_Format(PyExc_ValueError, "dgate and dup go together");
+    int acc, acc2;
+    PyArrayObject *dg = out_or_new(dg_o, "dgate", 1, &n, &acc), *du = dg ? out_or_new(du_o, "dup", 1, &n, &acc2) : NULL;
     if (!dg || !du) {
         Py_XDECREF(dg);
         Py_XDECREF(du);
@@ -406,7 +413,7 @@ static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
                 *u = PyArray_DATA((PyArrayObject *)u_o);
     dm_threads_enter();
     Py_BEGIN_ALLOW_THREADS
-    swiglu_backward(F32(dg), F32(du), d, g, u, n, 0);
+    swiglu_backward(F32(dg), F32(du), d, g, u, n, acc);
     Py_END_ALLOW_THREADS
     return Py_BuildValue("(NN)", dg, du);
 }
@@ -663,7 +670,7 @@ static PyMethodDef ops_methods[] = {
     {"op_rmsnorm_backward", KW(py_rmsnorm_backward), "test-only: rmsnorm backward"},
     {"op_activation_backward", KW(py_activation_backward), "test-only: gelu / gelu_tanh backward"},
     {"op_swiglu_forward", py_swiglu_forward, METH_VARARGS, "test-only: silu(gate) * up"},
-    {"op_swiglu_backward", py_swiglu_backward, METH_VARARGS, "test-only: swiglu backward"},
+    {"op_swiglu_backward", KW(py_swiglu_backward), "test-only: swiglu backward"},
     {"op_rope1d", py_rope1d, METH_VARARGS, "test-only: 1D rope forward / backward on a copy"},
     {"op_rope2d", py_rope2d, METH_VARARGS, "test-only: 2D (vision) rope forward / backward on a copy"},
     {"op_embedding_forward", py_embedding_forward, METH_VARARGS, "test-only: token embedding gather"},
