@@ -1,119 +1,21 @@
 """Vision tower + merger against an independent PyTorch reference written from the
-notes (sections 2 and 3), on tiny random checkpoints.
+notes (sections 2 and 3; tests/torch_reference.py), on tiny random checkpoints.
 
 The reference works in the ORIGINAL patch order with a window mask ("same window"
 computed from each patch's grid coordinates), not with the permutation the C code
 uses, so the two formulations check each other; the reference's windowing and
 2D RoPE positions are cross-checked against transformers' Qwen2.5-VL helpers.
 """
-import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import densemllm
 import densemllm.vision
 from densemllm.testing import make_checkpoint
-
-# ---------------------------------------------------------------- reference
-
-
-def ref_positions(gh, gw, merge=2):
-    """(row, col) of each patch in merge-block order (notes section 2.3)."""
-    rows, cols = [], []
-    for by in range(gh // merge):
-        for bx in range(gw // merge):
-            for iy in range(merge):
-                for ix in range(merge):
-                    rows.append(by * merge + iy)
-                    cols.append(bx * merge + ix)
-    return torch.tensor(rows), torch.tensor(cols)
-
-
-def ref_window_ids(gh, gw, window_size, patch, merge=2):
-    """Window id of each patch: windows of window_size/merge/patch merged tokens."""
-    win = window_size // merge // patch
-    rows, cols = ref_positions(gh, gw, merge)
-    mw = gw // merge
-    nww = -(-mw // win)
-    return (rows // merge // win) * nww + (cols // merge // win)
-
-
-def ref_rope(x, rows, cols, theta=10000.0):
-    """Rotate-half 2D RoPE on x [N, H, hd]: angles [row*f, col*f] duplicated."""
-    hd = x.shape[-1]
-    d = hd // 2
-    f = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # d/2 frequencies
-    ang = torch.cat([rows[:, None] * f, cols[:, None] * f], dim=1)  # [N, d]
-    ang = torch.cat([ang, ang], dim=1)[:, None, :]  # [N, 1, hd]
-    x1, x2 = x[..., :d], x[..., d:]
-    rot = torch.cat([-x2, x1], dim=-1)
-    return x * ang.cos() + rot * ang.sin()
-
-
-def ref_tower(w, cfg, patches, gh, gw):
-    """float64 forward of the tower + merger; w: name -> tensor (any prefix)."""
-    def g(name, merger=False):
-        for p in (("merger.", "vision_model.merger.") if merger else ("siglip2.vision_model.", "vision_model.")):
-            if p + name in w:
-                return w[p + name].double()
-        raise KeyError(name)
-
-    D, H = cfg["hidden_size"], cfg["num_attention_heads"]
-    hd = D // H
-    merge = cfg["spatial_merge_size"]
-    x = torch.from_numpy(patches).double() @ g("embeddings.patch_embedding.weight").T + g("embeddings.patch_embedding.bias")
-    rows, cols = ref_positions(gh, gw, merge)
-    wid = ref_window_ids(gh, gw, cfg["window_size"], cfg["patch_size"], merge)
-    win_mask = wid[:, None] == wid[None, :]
-    n = x.shape[0]
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"encoder.layers.{i}."
-        lin = lambda t, name: t @ g(p + name + ".weight").T + g(p + name + ".bias")
-        h = F.layer_norm(x, (D,), g(p + "layer_norm1.weight"), g(p + "layer_norm1.bias"), cfg["layer_norm_eps"])
-        q = ref_rope(lin(h, "self_attn.q_proj").view(n, H, hd), rows, cols)
-        k = ref_rope(lin(h, "self_attn.k_proj").view(n, H, hd), rows, cols)
-        v = lin(h, "self_attn.v_proj").view(n, H, hd)
-        s = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(hd)
-        if i not in cfg["fullatt_block_indexes"]:
-            s = s.masked_fill(~win_mask, float("-inf"))
-        a = torch.einsum("hij,jhd->ihd", s.softmax(-1), v).reshape(n, D)
-        x = x + lin(a, "self_attn.out_proj")
-        h = F.layer_norm(x, (D,), g(p + "layer_norm2.weight"), g(p + "layer_norm2.bias"), cfg["layer_norm_eps"])
-        act = F.gelu(lin(h, "mlp.fc1"), approximate="tanh" if cfg["hidden_act"] == "gelu_pytorch_tanh" else "none")
-        x = x + lin(act, "mlp.fc2")
-    x = F.layer_norm(x, (D,), g("post_layernorm.weight"), g("post_layernorm.bias"), cfg["layer_norm_eps"])
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * g("ln_q.weight", True)
-    x = x.reshape(n // merge**2, merge**2 * D)  # a merged token's patches are adjacent
-    x = F.gelu(x @ g("mlp.0.weight", True).T + g("mlp.0.bias", True))
-    return (x @ g("mlp.2.weight", True).T + g("mlp.2.bias", True)).numpy()
-
-
-def ref_target_size(h, w, max_num_patches, patch=16, merge=2):
-    unit = patch * merge
-    k = 0
-    while True:
-        s = 1.0 - 0.02 * k
-        th = max(unit, math.ceil(h * s / unit) * unit)
-        tw = max(unit, math.ceil(w * s / unit) * unit)
-        if (th // patch) * (tw // patch) <= max_num_patches:
-            return th, tw
-        k += 1
-
-
-def ref_preprocess(img, max_num_patches=36864, patch=16, merge=2):
-    th, tw = ref_target_size(img.shape[0], img.shape[1], max_num_patches, patch, merge)
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
-    r = F.interpolate(t, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)[0]
-    r = (r / 255.0 - 0.5) / 0.5  # [3, th, tw]
-    gh, gw = th // patch, tw // patch
-    # [3, gh/m, m, p, gw/m, m, p] -> [gh/m, gw/m, m, m, p, p, 3]
-    x = r.reshape(3, gh // merge, merge, patch, gw // merge, merge, patch).permute(1, 4, 2, 5, 3, 6, 0)
-    return x.reshape(gh * gw, patch * patch * 3).numpy(), (gh, gw), (th, tw)
-
+from torch_reference import ref_positions, ref_preprocess, ref_rope, ref_tower, ref_window_ids  # noqa: F401
 
 # ---------------------------------------------------------------- helpers
 
