@@ -265,3 +265,18 @@ def test_cli_train(ckpt, tmp_path, capsys):
                                                    "trainer": {"lr": -1}}))
     assert main(["train", str(tmp_path / "bad.json")]) == 2
     assert "lr must be > 0" in capsys.readouterr().err
+
+
+def test_bf16_export_loads_and_does_not_resume(trained, tmp_path):
+    tr, _, out = trained
+    tr.save(tmp_path / "bf16", dtype="bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    a = densemllm.load(out / "final")
+    b = densemllm.load(tmp_path / "bf16", dtype="f32")
+    img = scene(4000)[0]
+    assert b.chat(img, PROMPT, do_sample=False, max_new_tokens=40) == ANSWER
+    za = a.vision_logits(img, CLASSES, prompt=PROMPT)
+    zb = b.vision_logits(img, CLASSES, prompt=PROMPT)
+    assert np.abs(za - zb).max() <= 0.05 * np.abs(za).max()  # bf16 weights: ~3 significant digits
+    with pytest.raises(ValueError, match="only f32 checkpoints resume exactly"):
+        Trainer.resume(tmp_path / "bf16")
