@@ -234,6 +234,29 @@ def test_checkpointing_lowers_peak_memory(tmp_path):
     assert peak_store - peak_ck >= 0.75 * (act_store - act_ck), res
 
 
+def test_concurrent_calls_accumulate_like_serial_ones(tmp_path):
+    """Two Python threads stepping one model: the calls are serialised (lock) and the
+    gradients add up to twice one step's."""
+    import threading
+
+    path = build(tmp_path, "thr")
+    tm = TrainableModel(path)
+    ids, labels, pre, targets = chat_sample(tm, np.random.default_rng(6))
+    step = dict(image=pre, labels=labels, vision_targets=targets, k=8)
+    one = tm.forward_backward(ids, **step)
+    single = {n: g.copy() for n, g in tm.grads().items()}
+    tm.zero_grad()
+    outs = []
+    threads = [threading.Thread(target=lambda: outs.append(tm.forward_backward(ids, **step))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [o.loss for o in outs] == [one.loss, one.loss]
+    for n, g in tm.grads().items():
+        assert np.abs(g - 2 * single[n]).max() <= 1e-6 * np.abs(2 * single[n]).max(), n
+
+
 def test_bad_input(tmp_path):
     path = build(tmp_path, "bad")
     tm = TrainableModel(path)
