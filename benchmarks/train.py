@@ -15,6 +15,11 @@ window, SDPA on global layers) + transformers' YoutuForCausalLM (attn_implementa
 
     .venv/bin/python benchmarks/train.py [--threads N] [--repeat 3] [--cpu-time]
     .venv/bin/python benchmarks/train.py --ntpm-memory   # vocab 283386, 1024 vision tokens
+    .venv/bin/python benchmarks/train.py --full-step     # + the optimizer: a whole training step
+
+--full-step: forward + backward + global-norm clipping (1.0) + AdamW, ours (TrainableModel +
+densemllm.train.optim.AdamW in C) against the PyTorch loop (the same step + clip_grad_norm_
++ torch.optim.AdamW, default single-tensor CPU path), same data, same threads.
 
 Step time: best of --repeat, the two sides interleaved (ours, torch, ours, ...) after
 one warm-up each, so load from other processes hits both alike. Peak memory: each side
@@ -201,9 +206,50 @@ def torch_setup(path, threads, pre, targets, vocab):
     return ref, torch.from_numpy(pre.patches), pos_mask
 
 
+def full_optimizers(tm, ref):
+    """AdamW on both sides (lr 1e-5, no decay, clipping at 1.0): ours over the parameter table."""
+    import torch
+
+    from densemllm.train.optim import AdamW
+
+    opt = AdamW(tm.params(), max_grad_norm=1.0, tied=bool(tm.config.text.tie_word_embeddings))
+    topt = torch.optim.AdamW(ref.params(), lr=1e-5, weight_decay=0.0) if ref is not None else None
+    return opt, topt
+
+
+def ours_full(tm, opt, pre, ids, labels, targets):
+    loss = ours_step(tm, pre, ids, labels, targets)
+    opt.step(tm.grads(), 1e-5)
+    return loss
+
+
+def torch_full(ref, topt, tp, grid, ids, labels, pm):
+    import torch
+
+    loss = ref.step(tp, grid, ids, labels, pm)
+    torch.nn.utils.clip_grad_norm_(ref.params(), 1.0)
+    topt.step()
+    return loss
+
+
 def child(side, path, threads):
     """One side in a fresh process: VmHWM after a step minus VmRSS after loading."""
     tm, pre, ids, labels, targets = setup(path, threads)
+    if side in ("torch-full", "ours-full"):
+        if side == "torch-full":
+            ref, tp, pm = torch_setup(path, threads, pre, targets, tm.config.text.vocab_size)
+            _, topt = full_optimizers(tm, ref)
+            del tm
+            import gc
+            gc.collect()
+            base = rss("VmRSS")
+            torch_full(ref, topt, tp, pre.grid, ids, labels, pm)
+        else:
+            opt, _ = full_optimizers(tm, None)
+            base = rss("VmRSS")
+            ours_full(tm, opt, pre, ids, labels, targets)
+        print(json.dumps({"peak_growth": rss("VmHWM") - base, "base": base}))
+        return
     if side == "torch":
         ref, tp, pm = torch_setup(path, threads, pre, targets, tm.config.text.vocab_size)
         del tm
@@ -270,6 +316,68 @@ def main_compare(args):
               f"(on {m_ref['base'] / 2**20:.0f} MiB loaded)")
 
 
+def main_full_step(args):
+    """Whole training steps (forward, backward, clipping, AdamW) on both sides."""
+    import torch
+
+    import densemllm
+    from densemllm.testing import make_checkpoint
+
+    threads = args.threads or os.cpu_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_checkpoint(Path(tmp) / "ck", dtype="f32", vision=VISION, **TEXT)
+        tm, pre, ids, labels, targets = setup(path, threads)
+        ref, tp, pm = torch_setup(path, threads, pre, targets, tm.config.text.vocab_size)
+        opt, topt = full_optimizers(tm, ref)
+        info = densemllm.build_info()
+        print(f"full step (forward + backward + clip 1.0 + AdamW); clock: "
+              f"{'process CPU time' if CLOCK is time.process_time else 'wall'}; threads {threads}; "
+              f"oneDNN {info['onednn']} [{info['onednn_isa']}]; torch {torch.__version__}")
+        print(f"parameters {tm.num_parameters / 1e6:.1f}M; tokens {len(ids)} (vision {len(targets)}, "
+              f"text targets {N_TEXT})")
+        # agreement: one full step from the same weights. Adam's first step moves every
+        # weight by about lr x sign(g), so it is compared as a fraction of lr; weights whose
+        # gradient is ~0 on both sides may move either way (at most 2 lr apart).
+        before = {n: a.copy() for n, a in tm.params().items()}
+        ours_full(tm, opt, pre, ids, labels, targets)
+        torch_full(ref, topt, tp, pre.grid, ids, labels, pm)
+        P = tm.params()
+        diffs = np.concatenate([np.abs((P[n] - before[n]) - (p.detach().numpy() - before[n])).ravel()
+                                for n, p in list(ref.v.items()) + list(ref.lm.named_parameters())]) / 1e-5
+        print(f"one full step from the same weights: update difference / lr: median {np.median(diffs):.1e}, "
+              f"99.9th percentile {np.quantile(diffs, 0.999):.1e}, max {diffs.max():.2f}")
+        t_ours, t_ref = [], []
+        for _ in range(args.repeat):
+            for f, ts in ((lambda: ours_full(tm, opt, pre, ids, labels, targets), t_ours),
+                          (lambda: torch_full(ref, topt, tp, pre.grid, ids, labels, pm), t_ref)):
+                t0 = CLOCK()
+                f()
+                ts.append(CLOCK() - t0)
+        # the optimizer alone, same gradients
+        g = tm.grads()
+        o_ours, o_ref = [], []
+        for _ in range(args.repeat):
+            t0 = CLOCK()
+            opt.step(g, 1e-5)
+            o_ours.append(CLOCK() - t0)
+            t0 = CLOCK()
+            torch.nn.utils.clip_grad_norm_(ref.params(), 1.0)
+            topt.step()
+            o_ref.append(CLOCK() - t0)
+        print("full step s ours  " + " ".join(f"{t:.3f}" for t in t_ours))
+        print("full step s torch " + " ".join(f"{t:.3f}" for t in t_ref))
+        print(f"best: ours {min(t_ours):.3f} s, torch {min(t_ref):.3f} s, torch/ours {min(t_ref) / min(t_ours):.2f}; "
+              f"median ratio {np.median(t_ref) / np.median(t_ours):.2f}")
+        print(f"clip + AdamW alone: ours {min(o_ours) * 1e3:.1f} ms, torch {min(o_ref) * 1e3:.1f} ms, "
+              f"torch/ours {min(o_ref) / min(o_ours):.2f}")
+        del tm, ref, opt, topt
+        m_ours = measure_child("ours-full", path, threads)
+        m_ref = measure_child("torch-full", path, threads)
+        print(f"peak memory growth of a full step (incl. AdamW state): ours {m_ours['peak_growth'] / 2**20:.0f} MiB "
+              f"(on {m_ours['base'] / 2**20:.0f} MiB loaded), torch {m_ref['peak_growth'] / 2**20:.0f} MiB "
+              f"(on {m_ref['base'] / 2**20:.0f} MiB loaded)")
+
+
 def main_ntpm_memory(args):
     """NTP-M path at the real vocabulary: 1024 vision tokens x 283386 ids."""
     import densemllm
@@ -310,7 +418,8 @@ def main():
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with the process CPU clock (with --threads 1 on a shared machine: other jobs' "
                          "load then does not count)")
-    ap.add_argument("--child", choices=["ours", "torch"])
+    ap.add_argument("--full-step", action="store_true", help="forward + backward + clipping + AdamW")
+    ap.add_argument("--child", choices=["ours", "torch", "ours-full", "torch-full"])
     ap.add_argument("--path")
     args = ap.parse_args()
     if args.cpu_time:
@@ -320,6 +429,8 @@ def main():
         child(args.child, Path(args.path), args.threads)
     elif args.ntpm_memory:
         main_ntpm_memory(args)
+    elif args.full_step:
+        main_full_step(args)
     else:
         main_compare(args)
 

@@ -2,8 +2,12 @@
  * (train/adamw.h). densemllm/losses.py and densemllm/train/optim.py build the arguments. */
 #include "python/binding.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "core/alloc.h"
+#include "train/adamw.h"
 #include "train/loss.h"
 
 static const char *const head_variant_names[NTPM_VARIANT_COUNT] = {
@@ -196,7 +200,119 @@ static PyObject *py_head_ntpm(PyObject *self, PyObject *args, PyObject *kw) {
     return Py_BuildValue("(dLL)", loss, (long long)n, (long long)ws);
 }
 
+/* A list/tuple of n f32 1-D-or-more contiguous arrays, all writable unless ro. */
+static int f32_list(PyObject *seq, const char *what, Py_ssize_t n, int ro, float **ptr, int64_t *len) {
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a list of float32 arrays", what);
+        return 0;
+    }
+    if (PySequence_Fast_GET_SIZE(seq) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd arrays, got %zd", what, n, PySequence_Fast_GET_SIZE(seq));
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PySequence_Fast_GET_ITEM(seq, i);
+        char name[96];
+        snprintf(name, sizeof name, "%s[%zd]", what, i);
+        if (!dm_py_check_array(o, name, NPY_FLOAT32, -1)) return 0;
+        if (!ro && !PyArray_ISWRITEABLE((PyArrayObject *)o)) {
+            PyErr_Format(PyExc_ValueError, "%s is read-only", name);
+            return 0;
+        }
+        ptr[i] = PyArray_DATA((PyArrayObject *)o);
+        len[i] = PyArray_SIZE((PyArrayObject *)o);
+    }
+    return 1;
+}
+
+/* adamw_step(params, grads, m, v, weight_decay, lr_scale, frozen, *, step, lr, beta1=0.9,
+ *            beta2=0.999, eps=1e-8, max_grad_norm=0.0, grad_scale=1.0, threads=0) -> grad_norm
+ * params/grads/m/v: lists of n f32 arrays of equal sizes per index (updated in place:
+ * params, m, v); weight_decay, lr_scale: f64 [n]; frozen: uint8 [n]. */
+static PyObject *py_adamw_step(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"params", "grads", "m", "v", "weight_decay", "lr_scale", "frozen", "step", "lr",
+                             "beta1", "beta2", "eps", "max_grad_norm", "grad_scale", "threads", NULL};
+    PyObject *po, *go, *mo, *vo, *wdo, *lso, *fro;
+    long long step = 0;
+    double lr = NAN, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, max_norm = 0, grad_scale = 1.0;
+    int threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOO|$Lddddddi", kwlist, &po, &go, &mo, &vo, &wdo, &lso, &fro,
+                                     &step, &lr, &beta1, &beta2, &eps, &max_norm, &grad_scale, &threads))
+        return NULL;
+    if (!PyList_Check(po) && !PyTuple_Check(po)) return PyErr_Format(PyExc_TypeError, "params: expected a list of arrays");
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(po);
+    if (!dm_py_check_array(wdo, "weight_decay", NPY_FLOAT64, 1) || !dm_py_check_array(lso, "lr_scale", NPY_FLOAT64, 1) ||
+        !dm_py_check_array(fro, "frozen", NPY_UINT8, 1))
+        return NULL;
+    if (PyArray_DIM((PyArrayObject *)wdo, 0) != n || PyArray_DIM((PyArrayObject *)lso, 0) != n ||
+        PyArray_DIM((PyArrayObject *)fro, 0) != n)
+        return PyErr_Format(PyExc_ValueError, "weight_decay, lr_scale and frozen need %zd entries (one per tensor)", n);
+    if (threads < 0) return PyErr_Format(PyExc_ValueError, "threads must be >= 0, got %d", threads);
+    float **bufs = dm_alloc((size_t)(4 * n + 1), sizeof(float *), "adamw binding");
+    int64_t *lens = dm_alloc((size_t)(4 * n + 1), sizeof(int64_t), "adamw binding");
+    dm_adamw_tensor *t = dm_alloc((size_t)(n + 1), sizeof(dm_adamw_tensor), "adamw binding");
+    if (!bufs || !lens || !t) {
+        dm_free(bufs); dm_free(lens); dm_free(t);
+        return PyErr_NoMemory();
+    }
+    PyObject *res = NULL;
+    if (!f32_list(po, "params", n, 0, bufs, lens) || !f32_list(go, "grads", n, 1, bufs + n, lens + n) ||
+        !f32_list(mo, "m", n, 0, bufs + 2 * n, lens + 2 * n) || !f32_list(vo, "v", n, 0, bufs + 3 * n, lens + 3 * n))
+        goto done;
+    const double *wd = PyArray_DATA((PyArrayObject *)wdo), *ls = PyArray_DATA((PyArrayObject *)lso);
+    const uint8_t *fr = PyArray_DATA((PyArrayObject *)fro);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        for (int q = 1; q < 4; q++)
+            if (lens[q * n + i] != lens[i]) {
+                static const char *names[4] = {"params", "grads", "m", "v"};
+                PyErr_Format(PyExc_ValueError, "%s[%zd] has %lld elements but params[%zd] has %lld", names[q], i,
+                             (long long)lens[q * n + i], i, (long long)lens[i]);
+                goto done;
+            }
+        t[i].param = bufs[i];
+        t[i].grad = bufs[n + i];
+        t[i].m = bufs[2 * n + i];
+        t[i].v = bufs[3 * n + i];
+        t[i].n = lens[i];
+        t[i].weight_decay = wd[i];
+        t[i].lr_scale = ls[i];
+        t[i].frozen = fr[i] != 0;
+    }
+    dm_adamw_config c = {beta1, beta2, eps, max_norm};
+    double norm = 0;
+    dm_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dm_adamw_step(&c, t, n, step, lr, grad_scale, &norm, threads);
+    Py_END_ALLOW_THREADS
+    if (st != DM_OK) {
+        dm_py_raise(st);
+        goto done;
+    }
+    res = PyFloat_FromDouble(norm);
+done:
+    dm_free(bufs);
+    dm_free(lens);
+    dm_free(t);
+    return res;
+}
+
+/* lr_at(peak, min, warmup, total, step) -> lr (ValueError for a bad schedule) */
+static PyObject *py_lr_at(PyObject *self, PyObject *args) {
+    dm_lr_schedule s;
+    long long warmup, total, step;
+    if (!PyArg_ParseTuple(args, "ddLLL", &s.peak_lr, &s.min_lr, &warmup, &total, &step)) return NULL;
+    s.warmup_steps = warmup;
+    s.total_steps = total;
+    dm_status st = dm_lr_schedule_check(&s);
+    if (st != DM_OK) return dm_py_raise(st);
+    if (step < 0) return PyErr_Format(PyExc_ValueError, "step must be >= 0, got %lld", step);
+    return PyFloat_FromDouble(dm_lr_at(&s, step));
+}
+
 static PyMethodDef train_optim_methods[] = {
+    {"adamw_step", (PyCFunction)(void (*)(void))py_adamw_step, METH_VARARGS | METH_KEYWORDS,
+     "One AdamW step with global-norm clipping (use densemllm.train.optim.AdamW)."},
+    {"lr_at", (PyCFunction)py_lr_at, METH_VARARGS, "Learning rate of a 0-based step (warmup + cosine)."},
     {"head_ce", (PyCFunction)(void (*)(void))py_head_ce, METH_VARARGS | METH_KEYWORDS,
      "Next-token cross-entropy fused with the LM head (use densemllm.losses.head_ce_loss)."},
     {"head_ntpm", (PyCFunction)(void (*)(void))py_head_ntpm, METH_VARARGS | METH_KEYWORDS,
