@@ -96,6 +96,13 @@ def build_parser():
     _common(p)
     p.add_argument("--text", required=True, help="the question")
 
+    p = sub.add_parser("train", help="train a checkpoint from a JSON/YAML config (see docs/training.md)",
+                       description="Train with NTP-M on vision tokens and cross-entropy on answers. CONFIG "
+                                   "names the model, a JSON-lines file of samples and an output folder "
+                                   "(log.jsonl, final/ checkpoint, loss.png); see docs/training.md, 'Trainer'.")
+    p.add_argument("config", metavar="CONFIG", help="training config (.json, or .yaml with pyyaml)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser("demo", help="the default model on a procedural scene: segment, depth, refer",
                        description="Generates a held-out procedural scene, runs segment, depth and refer with "
                                    "the default model embedded in the package, writes pictures (overlay with "
@@ -191,6 +198,11 @@ def _main(args):
         from .eval.cli import run as _run_eval
 
         return _run_eval(args)
+    if args.command == "train":
+        from .train.trainer import run_config
+
+        run_config(args.config, progress=not args.no_progress)
+        return 0
     from . import viz
     from .tasks.common import to_rgb
 

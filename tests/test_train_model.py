@@ -209,6 +209,8 @@ _PEAK_SCRIPT = textwrap.dedent("""
     img = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
     ids = tm.tokenizer.encode("<|vision_start|><|image_pad|><|vision_end|>hello world")
     tm.forward_backward(ids[:2], labels=ids[:2])  # warm the allocator and thread pools
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS, so the peak is this step's
     before = hwm()
     out = tm.forward_backward(ids, image=img, labels=ids)
     print(hwm() - before, out.act_bytes)
@@ -216,8 +218,8 @@ _PEAK_SCRIPT = textwrap.dedent("""
 
 
 def test_checkpointing_lowers_peak_memory(tmp_path):
-    """Peak RSS growth of one step (VmHWM, fresh process each) with and without
-    checkpointing, on a tower deep and wide enough that activations dominate."""
+    """Peak RSS growth of one step (VmHWM reset before it, fresh process each) with and
+    without checkpointing, on a tower deep and wide enough that activations dominate."""
     path = make_checkpoint(tmp_path / "mem", dtype="f32", vision=dict(
         hidden_size=128, intermediate_size=512, num_hidden_layers=12, num_attention_heads=4,
         fullatt_block_indexes=[5, 11], window_size=128))
@@ -232,6 +234,43 @@ def test_checkpointing_lowers_peak_memory(tmp_path):
     assert act_ck < act_store / 3
     # measured: the peak grows by at least the saved-activation difference less 25%
     assert peak_store - peak_ck >= 0.75 * (act_store - act_ck), res
+
+
+def test_concurrent_calls_accumulate_like_serial_ones(tmp_path):
+    """Two Python threads stepping one model: the calls are serialised (lock) and the
+    gradients add up to twice one step's."""
+    import threading
+
+    path = build(tmp_path, "thr")
+    tm = TrainableModel(path)
+    ids, labels, pre, targets = chat_sample(tm, np.random.default_rng(6))
+    step = dict(image=pre, labels=labels, vision_targets=targets, k=8)
+    one = tm.forward_backward(ids, **step)
+    single = {n: g.copy() for n, g in tm.grads().items()}
+    tm.zero_grad()
+    outs = []
+    threads = [threading.Thread(target=lambda: outs.append(tm.forward_backward(ids, **step))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [o.loss for o in outs] == [one.loss, one.loss]
+    for n, g in tm.grads().items():
+        assert np.abs(g - 2 * single[n]).max() <= 1e-6 * np.abs(2 * single[n]).max(), n
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_masters_from_any_dtype(tmp_path, dtype):
+    """The table covers every checkpoint tensor (the one list of names/shapes) and the
+    f32 masters are the file's values widened exactly."""
+    path = make_checkpoint(tmp_path / dtype, dtype=dtype, tie_word_embeddings=False)
+    tm = TrainableModel(path)
+    st = load_file(str(path / "model.safetensors"))
+    params = tm.params()
+    assert set(params) == set(st)
+    for n, t in st.items():
+        assert params[n].shape == tuple(t.shape) and np.array_equal(params[n], t.float().numpy()), n
+    assert tm.num_parameters == sum(t.numel() for t in st.values())
 
 
 def test_bad_input(tmp_path):

@@ -507,7 +507,7 @@ size_t dm_llm_acts_bytes(const dm_llm *m, int64_t T, int checkpointing) {
     return llm_acts_layout(&a, m, T, checkpointing, NULL);
 }
 
-dm_status dm_llm_acts_init(dm_llm_acts *a, const dm_llm *m, int64_t T, int checkpointing) {
+dm_status dm_llm_acts_init(dm_llm_acts *a, const dm_llm *m, int64_t T, int checkpointing, void *buf, size_t cap) {
     memset(a, 0, sizeof *a);
     if (T <= 0 || T > m->cfg.max_pos)
         return dm_fail(DM_ERR_VALUE, "sequence length %lld is outside [1, max_position_embeddings=%lld]",
@@ -515,7 +515,8 @@ dm_status dm_llm_acts_init(dm_llm_acts *a, const dm_llm *m, int64_t T, int check
     a->layers = dm_calloc((size_t)m->cfg.n_layers, sizeof *a->layers, "llm activations");
     if (!a->layers) return DM_ERR_NOMEM;
     a->bytes = llm_acts_layout(a, m, T, checkpointing, NULL);
-    a->block = dm_alloc(a->bytes, 1, "llm activations");
+    a->owns_block = !(buf && cap >= a->bytes);
+    a->block = a->owns_block ? dm_alloc(a->bytes, 1, "llm activations") : buf;
     if (!a->block) {
         dm_llm_acts_free(a);
         return DM_ERR_NOMEM;
@@ -528,7 +529,7 @@ dm_status dm_llm_acts_init(dm_llm_acts *a, const dm_llm *m, int64_t T, int check
 
 void dm_llm_acts_free(dm_llm_acts *a) {
     dm_free(a->layers);
-    dm_free(a->block);
+    if (a->owns_block) dm_free(a->block);
     memset(a, 0, sizeof *a);
 }
 

@@ -114,10 +114,12 @@ typedef struct {
     float *x_final, *rstd_final; /* input of the final norm, its rstd */
     void *block;
     size_t bytes;
+    int owns_block; /* 0: the caller's buffer (kept between steps) */
 } dm_llm_acts;
 
 size_t dm_llm_acts_bytes(const dm_llm *m, int64_t T, int checkpointing);
-dm_status dm_llm_acts_init(dm_llm_acts *a, const dm_llm *m, int64_t T, int checkpointing);
+/* buf: a caller block of cap bytes used when large enough (NULL: allocate one). */
+dm_status dm_llm_acts_init(dm_llm_acts *a, const dm_llm *m, int64_t T, int checkpointing, void *buf, size_t cap);
 void dm_llm_acts_free(dm_llm_acts *a);
 
 /* The decoder over a whole sequence (positions 0..T-1, causal, no cache kept)

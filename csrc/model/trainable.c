@@ -13,6 +13,8 @@ void dm_trainable_free(dm_trainable *t) {
     vision_destroy(t->vision);
     dm_llm_free(t->llm);
     dm_params_free(&t->params);
+    dm_free(t->vision_block);
+    dm_free(t->llm_block);
     pthread_mutex_destroy(&t->lock);
     dm_free(t);
 }
@@ -61,6 +63,18 @@ size_t dm_trainable_act_bytes(const dm_trainable *t, int64_t T, int64_t gh, int6
     return b;
 }
 
+/* Make *buf at least `need` bytes (contents not kept); a block more than twice
+ * the need (e.g. checkpointing switched on) is given back and reallocated. */
+static dm_status grow(void **buf, size_t *cap, size_t need, const char *what) {
+    if (*cap >= need && *cap / 2 <= need) return DM_OK;
+    dm_free(*buf);
+    *cap = 0;
+    *buf = dm_alloc(need, 1, what);
+    if (!*buf) return DM_ERR_NOMEM;
+    *cap = need;
+    return DM_OK;
+}
+
 static dm_status step_locked(dm_trainable *t, const dm_train_inputs *in, dm_train_result *res) {
     const dm_llm *m = t->llm;
     const dm_llm_config *k = &m->cfg;
@@ -107,9 +121,15 @@ static dm_status step_locked(dm_trainable *t, const dm_train_inputs *in, dm_trai
     int64_t *rows = NULL, *targets = NULL, *emb_ids = NULL;
     dm_status st = DM_OK;
     if (has_image) {
-        if ((st = vision_acts_init(&va, &t->vcfg, in->gh, in->gw, t->checkpointing))) goto done;
+        if ((st = grow(&t->vision_block, &t->vision_cap, vision_acts_bytes(&t->vcfg, in->gh, in->gw, t->checkpointing),
+                       "vision activations")))
+            goto done;
+        if ((st = vision_acts_init(&va, &t->vcfg, in->gh, in->gw, t->checkpointing, t->vision_block, t->vision_cap)))
+            goto done;
     }
-    if ((st = dm_llm_acts_init(&la, m, T, t->checkpointing))) goto done;
+    if ((st = grow(&t->llm_block, &t->llm_cap, dm_llm_acts_bytes(m, T, t->checkpointing), "llm activations")))
+        goto done;
+    if ((st = dm_llm_acts_init(&la, m, T, t->checkpointing, t->llm_block, t->llm_cap))) goto done;
     res->act_bytes = va.bytes + la.bytes;
     st = DM_ERR_NOMEM;
     x = dm_alloc((size_t)(T * D), sizeof(float), "embeddings");
@@ -166,7 +186,6 @@ static dm_status step_locked(dm_trainable *t, const dm_train_inputs *in, dm_trai
     res->loss = res->text_loss + res->vision_loss;
 
     if ((st = dm_llm_backward(m, &t->params, &la, dh, dx))) goto done;
-    dm_llm_acts_free(&la); /* the vision backward's scratch can reuse these pages */
     if ((st = embedding_backward(dm_params_grad_of(&t->params, m->embed.data), V, D, emb_ids, T, dx, D))) goto done;
     if (has_image) {
         for (int64_t j = 0; j < M; j++) memcpy(dvis + j * D, dx + rows[j] * D, (size_t)D * sizeof(float));

@@ -36,6 +36,11 @@ typedef struct dm_trainable {
     dm_backend backend;
     int checkpointing; /* 1: recompute each layer's activations in the backward */
     int64_t head_chunk_bytes; /* loss heads' logits budget (<= 0: DM_HEAD_CHUNK_BYTES) */
+    /* Activation blocks kept between steps (fresh pages for hundreds of MiB every
+     * step cost page faults): reused while a step needs between half and all of
+     * one, reallocated otherwise, freed with the model. */
+    void *vision_block, *llm_block;
+    size_t vision_cap, llm_cap;
     pthread_mutex_t lock;
 } dm_trainable;
 

@@ -458,7 +458,7 @@ size_t vision_acts_bytes(const dm_vision_config *c, int64_t gh, int64_t gw, int 
 }
 
 dm_status vision_acts_init(dm_vision_acts *a, const dm_vision_config *c, int64_t gh, int64_t gw,
-                           int checkpointing) {
+                           int checkpointing, void *buf, size_t cap) {
     memset(a, 0, sizeof *a);
     DM_TRY(check_grid(c, gh, gw));
     if (gh * gw > ((int64_t)1 << 24))
@@ -466,7 +466,8 @@ dm_status vision_acts_init(dm_vision_acts *a, const dm_vision_config *c, int64_t
     a->layers = dm_calloc((size_t)c->layers, sizeof *a->layers, "vision activations");
     if (!a->layers) return DM_ERR_NOMEM;
     a->bytes = vision_acts_layout(a, c, gh, gw, checkpointing, NULL);
-    a->block = dm_alloc(a->bytes, 1, "vision activations");
+    a->owns_block = !(buf && cap >= a->bytes);
+    a->block = a->owns_block ? dm_alloc(a->bytes, 1, "vision activations") : buf;
     if (!a->block) {
         vision_acts_free(a);
         return DM_ERR_NOMEM;
@@ -482,7 +483,7 @@ dm_status vision_acts_init(dm_vision_acts *a, const dm_vision_config *c, int64_t
 
 void vision_acts_free(dm_vision_acts *a) {
     dm_free(a->layers);
-    dm_free(a->block);
+    if (a->owns_block) dm_free(a->block);
     memset(a, 0, sizeof *a);
 }
 

@@ -119,14 +119,16 @@ typedef struct {
     float *mid, *mid_act;         /* merger hidden [M, merge^2 D] before / after GELU */
     float *cos_t, *sin_t;         /* [N, hd/2] */
     int64_t *perm, *seg;          /* [M], [M + 1] */
-    void *block;                  /* one allocation holding all of the above */
+    void *block;                  /* one block holding all of the above */
     size_t bytes;
+    int owns_block;               /* 0: the caller's buffer (kept between steps) */
 } dm_vision_acts;
 
 /* Bytes dm_vision_acts_init allocates for a gh x gw patch grid. */
 size_t vision_acts_bytes(const dm_vision_config *c, int64_t gh, int64_t gw, int checkpointing);
+/* buf: a caller block of cap bytes used when large enough (NULL: allocate one). */
 dm_status vision_acts_init(dm_vision_acts *a, const dm_vision_config *c, int64_t gh, int64_t gw,
-                           int checkpointing);
+                           int checkpointing, void *buf, size_t cap);
 void vision_acts_free(dm_vision_acts *a);
 
 /* The forward of vision_encode (same code, same weights) keeping what the

@@ -516,8 +516,7 @@ dm_status dm_head_ntpm(const dm_head *hd, const dm_head_ntpm_args *a, double wei
                     for (int64_t j = a->valid_offsets[s]; j < a->valid_offsets[s + 1]; j++) add += map[a->valid_ids[j]] == -1;
                 int64_t u2 = nu + add, t2 = tc + 1;
                 int64_t need = t2 * (u2 * bpl + 8 * H) + u2 * H * 4;
-                if (need > budget && tc > 0) break;
-                if (need > budget) break; /* even one token does not fit compactly */
+                if (need > budget) break; /* with tc == 0: even this token's set does not fit compactly */
                 if (s != prev && set_loc[s] == -1) {
                     for (int64_t j = a->valid_offsets[s]; j < a->valid_offsets[s + 1]; j++) {
                         int64_t v = a->valid_ids[j];

@@ -6,5 +6,8 @@ heads and the backward of every parameter; ``grads()`` / ``params()`` map checkp
 tensor names to NumPy views. See docs/training.md.
 """
 from .trainable import StepOutput, TrainableModel
+from .samples import Sample
+from .trainer import Trainer
 
 __all__ = ["TrainableModel", "StepOutput"]
+__all__ += ["Trainer", "Sample"]

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _core
-from ..checkpoint import load
+from ..checkpoint import check_weights, load, open_checkpoint
 from ..llm import _ids_array, lm_config_dict
 from ..losses import VARIANTS, _csr, _id_array
 from ..vision import Preprocessed, vision_config_dict
@@ -61,9 +61,13 @@ class TrainableModel:
         self.model = load(path, threads=threads, backend=backend)
         self.config = self.model.config
         self.tokenizer = self.model.tokenizer
-        self._tm = _core.TrainableModel(self.model._checkpoint, vision_config_dict(self.config),
-                                        lm_config_dict(self.config), backend=self.model.backend,
-                                        checkpointing=bool(checkpointing))
+        # the masters come from the file's own values: a second, unconverted mapping
+        # (the inference model may have narrowed an F16 file to bf16), closed after the copy
+        ckpt = open_checkpoint(path)
+        check_weights(ckpt, self.config, str(path))
+        self._tm = _core.TrainableModel(ckpt, vision_config_dict(self.config), lm_config_dict(self.config),
+                                        backend=self.model.backend, checkpointing=bool(checkpointing))
+        del ckpt
         self._params = None
         self._grads = None
 
