@@ -347,3 +347,27 @@ def test_ntpm_memory_stays_within_the_budget():
     assert ws <= (64 << 20) + 16 * 2**20
     assert grew <= ws + 8 * 2**20, (grew, ws)
     assert grew < full / 10
+
+
+def test_concurrent_calls_equal_serial():
+    """The heads release the GIL; calls from several Python threads give the serial bits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng, h, w, rows, positives = make_case(17)
+    targets = rng.integers(0, w.shape[0], h.shape[0])
+
+    def job(i):
+        dh, dw = np.zeros(h.shape, np.float32), np.zeros(w.shape, np.float32)
+        if i % 2:
+            loss = head_ntpm_loss(h, w, positives, rows=rows, dh=dh, dw=dw, chunk_bytes=20000)[0]
+        else:
+            loss = head_ce_loss(h, w, targets, dh=dh, dw=dw, chunk_bytes=3000)[0]
+        return loss, dh, dw
+
+    serial = [job(i) for i in range(6)]
+    with ThreadPoolExecutor(3) as ex:
+        conc = list(ex.map(job, range(6)))
+    for (a, b, c), (x, y, z) in zip(serial, conc):
+        assert a == x
+        np.testing.assert_array_equal(b, y)
+        np.testing.assert_array_equal(c, z)
