@@ -169,3 +169,30 @@ def test_cli_eval(tmp_path):
     assert r.returncode == 2 and "nowhere" in r.stderr and "is not a folder" in r.stderr
     r = cli(dataset="voc21")
     assert r.returncode == 2 and "invalid choice: 'voc21'" in r.stderr
+
+
+class _FailsOnce:
+    """Raises on one image the first time (a crashed predictor), then answers."""
+
+    name = "fails-once"
+
+    def __init__(self, inner, bad_id, flag):
+        self.inner, self.bad_id, self.flag = inner, bad_id, Path(flag)
+
+    def __call__(self, image, sample):
+        if sample["id"] == self.bad_id and not self.flag.exists():
+            self.flag.write_text("crashed")
+            raise RuntimeError("worker crashed")
+        return self.inner(image, sample)
+
+
+def test_a_crashed_predictor_loses_nothing(tmp_path):
+    T.make_ade20k(tmp_path, n=5)
+    pred = _FailsOnce(OraclePredictor("ade20k", tmp_path, perturb=True), "ADE_val_00000004", tmp_path / "flag")
+    with pytest.raises(RuntimeError, match="worker crashed"):
+        evaluate(pred, "ade20k", data_root=tmp_path, out=tmp_path / "o", progress=False)
+    r = evaluate(pred, "ade20k", data_root=tmp_path, out=tmp_path / "o", progress=False)
+    assert r.evaluated_now == 2 and r.n_images == 5  # the three before the crash were kept
+    ref = evaluate(OraclePredictor("ade20k", tmp_path, perturb=True), "ade20k", data_root=tmp_path,
+                   out=tmp_path / "ref", progress=False)
+    assert json.dumps(r.metrics, sort_keys=True) == json.dumps(ref.metrics, sort_keys=True)
