@@ -229,3 +229,50 @@ def test_table_checks():
         assert D.table_of("scenes_test") is t
     finally:
         D.REGISTRY.pop("scenes_test")
+
+
+def _mmseg_dataset_facts(file, cls):
+    """(METAINFO dict, __init__ defaults) of an mmseg dataset class, read from its source
+    with ast (importing mmseg.datasets needs mmcv's compiled ops, absent from mmcv-lite)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("mmseg")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("mmsegmentation is not installed")
+    src = open(os.path.join(spec.submodule_search_locations[0], "datasets", file)).read()
+    node = next(n for n in ast.parse(src).body if isinstance(n, ast.ClassDef) and n.name == cls)
+    meta, defaults = {}, {}
+    for item in node.body:
+        if isinstance(item, ast.Assign) and item.targets[0].id == "METAINFO":
+            meta = {kw.arg: ast.literal_eval(kw.value) for kw in item.value.keywords}
+        if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+            args = item.args.args[-len(item.args.defaults):] if item.args.defaults else []
+            defaults = {a.arg: ast.literal_eval(d) for a, d in zip(args, item.args.defaults)}
+            for call in ast.walk(item):  # values fixed in the super().__init__(...) call
+                if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "__init__":
+                    for kw in call.keywords:
+                        if kw.arg and isinstance(kw.value, ast.Constant):
+                            defaults[kw.arg] = kw.value.value
+    return meta, defaults
+
+
+@pytest.mark.parametrize("table,file,cls,drop_first", [
+    (tables.ADE20K, "ade.py", "ADE20KDataset", False),
+    (tables.COCO_STUFF164K, "coco_stuff.py", "COCOStuffDataset", False),
+    (tables.PASCAL_CONTEXT59, "pascal_context.py", "PascalContextDataset59", False),
+    (tables.VOC20, "voc.py", "PascalVOCDataset", True),  # VOC20 = VOC without its background class
+    (tables.CITYSCAPES, "cityscapes.py", "CityscapesDataset", False),
+])
+def test_tables_equal_mmsegmentation_dataset_classes(table, file, cls, drop_first):
+    meta, defaults = _mmseg_dataset_facts(file, cls)
+    classes = [c.strip() for c in meta["classes"]]  # mmseg's ADE20K 'bed ' has a stray space
+    palette = [tuple(c) for c in meta["palette"]]
+    if drop_first:
+        assert classes[0] == "background"
+        classes, palette = classes[1:], palette[1:]
+    assert list(table["classes"]) == classes
+    assert [tuple(c) for c in table["palette"]] == palette
+    assert table["layout"]["img_suffix"] == defaults.get("img_suffix")
+    assert table["layout"]["seg_suffix"] == defaults.get("seg_map_suffix")
+    assert table["reduce_zero_label"] == (drop_first or bool(defaults.get("reduce_zero_label", False)))

@@ -95,8 +95,7 @@ def test_sigkill_half_way_then_resume_equals_uninterrupted(tmp_path):
 
 def test_two_worker_processes_equal_one(tmp_path):
     T.make_cityscapes_depth(tmp_path)
-    T.make_ddad(tmp_path / "d")
-    for name, root in (("cityscapes_depth", tmp_path), ("ddad", tmp_path / "d")):
+    for name, root in (("cityscapes_depth", tmp_path),):
         pred = OraclePredictor(name, root, perturb=True)
         one = evaluate(pred, name, data_root=root, out=tmp_path / "o1", progress=False)
         two = evaluate(pred, name, data_root=root, out=tmp_path / "o2", workers=2, progress=False)
@@ -169,3 +168,30 @@ def test_cli_eval(tmp_path):
     assert r.returncode == 2 and "nowhere" in r.stderr and "is not a folder" in r.stderr
     r = cli(dataset="voc21")
     assert r.returncode == 2 and "invalid choice: 'voc21'" in r.stderr
+
+
+class _FailsOnce:
+    """Raises on one image the first time (a crashed predictor), then answers."""
+
+    name = "fails-once"
+
+    def __init__(self, inner, bad_id, flag):
+        self.inner, self.bad_id, self.flag = inner, bad_id, Path(flag)
+
+    def __call__(self, image, sample):
+        if sample["id"] == self.bad_id and not self.flag.exists():
+            self.flag.write_text("crashed")
+            raise RuntimeError("worker crashed")
+        return self.inner(image, sample)
+
+
+def test_a_crashed_predictor_loses_nothing(tmp_path):
+    T.make_ade20k(tmp_path, n=5)
+    pred = _FailsOnce(OraclePredictor("ade20k", tmp_path, perturb=True), "ADE_val_00000004", tmp_path / "flag")
+    with pytest.raises(RuntimeError, match="worker crashed"):
+        evaluate(pred, "ade20k", data_root=tmp_path, out=tmp_path / "o", progress=False)
+    r = evaluate(pred, "ade20k", data_root=tmp_path, out=tmp_path / "o", progress=False)
+    assert r.evaluated_now == 2 and r.n_images == 5  # the three before the crash were kept
+    ref = evaluate(OraclePredictor("ade20k", tmp_path, perturb=True), "ade20k", data_root=tmp_path,
+                   out=tmp_path / "ref", progress=False)
+    assert json.dumps(r.metrics, sort_keys=True) == json.dumps(ref.metrics, sort_keys=True)

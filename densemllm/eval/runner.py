@@ -121,6 +121,14 @@ def _model_key(model_path) -> str:
     return f"{p.resolve().name}-{h.hexdigest()[:10]}"
 
 
+def _callable_key(f) -> str:
+    """Qualified name plus a hash of the code, so two different lambdas do not share
+    results (closures over different data still would: name them with model_name=)."""
+    code = getattr(f, "__code__", None) or getattr(getattr(type(f), "__call__", None), "__code__", None)
+    h = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:8] if code else "nocode"
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__qualname__)}-{h}"
+
+
 def _sample_dict(ds, s) -> dict:
     return {"id": s.id, "dataset": ds.name, "split": ds.split, "image_path": str(s.image), "meta": dict(s.meta)}
 
@@ -187,8 +195,7 @@ def evaluate(model_or_predictor, dataset: str, data_root=None, split=None, proto
         key = model_name or f"{_model_key(model_obj.path)}-{model_obj.dtype}"
     elif callable(model_or_predictor):
         spec = PredictorSpec(protocol, table, predictor=model_or_predictor)
-        f = model_or_predictor
-        key = model_name or getattr(f, "name", None) or f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
+        key = model_name or getattr(model_or_predictor, "name", None) or _callable_key(model_or_predictor)
     else:
         raise TypeError(f"model_or_predictor must be a densemllm.Model, a checkpoint directory or a callable, "
                         f"got {type(model_or_predictor).__name__}")
