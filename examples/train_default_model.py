@@ -29,7 +29,7 @@ def main(argv=None):
     ap.add_argument("--loss", default=d.loss)
     ap.add_argument("--k", type=int, default=d.k)
     ap.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop training after S seconds")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="threads (default 1: fastest on a shared 2-core machine)")
     ap.add_argument("--eval-n", type=int, default=200, help="held-out scenes to evaluate (0: skip)")
     ap.add_argument("--install", action="store_true", help="copy the weights into densemllm/models/default/")
     a = ap.parse_args(argv)
@@ -43,7 +43,7 @@ def main(argv=None):
         data = out / "heldout"
         if not (data / "meta" / "val.json").is_file():
             layout.write_heldout(data, a.eval_n)
-        record["heldout"] = evaluate_heldout(ck, data, n=None)
+        record["heldout"] = evaluate_heldout(ck, data, n=None, threads=a.threads)
         record["heldout_n_scenes"] = a.eval_n
         for name, m in record["heldout"].items():
             print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}))
