@@ -28,6 +28,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--loss", default=d.loss)
     ap.add_argument("--k", type=int, default=d.k)
+    ap.add_argument("--save-every", type=int, default=200, metavar="N", help="also save every N steps")
     ap.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop training after S seconds")
     ap.add_argument("--threads", type=int, default=1, help="threads (default 1: fastest on a shared 2-core machine)")
     ap.add_argument("--eval-n", type=int, default=200, help="held-out scenes to evaluate (0: skip)")
@@ -37,7 +38,7 @@ def main(argv=None):
     recipe = Recipe(seed=a.seed, steps=a.steps, batch=a.batch, lr=a.lr, loss=a.loss, k=a.k,
                     warmup=min(d.warmup, max(1, a.steps // 10)), time_limit_s=a.time_limit)
     t0 = time.perf_counter()
-    ck, record = train(out, recipe, threads=a.threads)
+    ck, record = train(out, recipe, threads=a.threads, save_every=a.save_every)
     print(f"trained {record['steps']} steps ({record['examples']} examples) in {record['seconds']:.0f} s -> {ck}")
     if a.eval_n:
         data = out / "heldout"

@@ -236,8 +236,10 @@ def train(out_dir, recipe: Recipe | None = None, *, threads=1, log=print, log_ev
                     f"vision {row['vision_loss']:.4f})  |g| {gnorm:.3f}  lr {lr:.2e}  {elapsed:.0f}s")
                 acc = {"loss": 0.0, "text": 0.0, "vision": 0.0, "n": 0}
             if save_every and (step + 1) % save_every == 0 and step + 1 < recipe.steps:
-                save_checkpoint(tm, out / "model", {"recipe": asdict(recipe), "steps": step + 1, "seed": recipe.seed,
-                                                    "seconds": elapsed, "partial": True})
+                rec = {"recipe": asdict(recipe), "steps": step + 1, "seed": recipe.seed, "seconds": elapsed,
+                       "partial": True}
+                save_checkpoint(tm, out / "model", rec)  # the latest state, for an interrupted run
+                save_checkpoint(tm, out / f"model-step{step + 1}", rec)  # kept: runs compare at equal steps
             if recipe.time_limit_s is not None and elapsed > recipe.time_limit_s:
                 log(f"time limit {recipe.time_limit_s:.0f}s reached after {step + 1} steps")
                 break
