@@ -28,8 +28,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--loss", default=d.loss)
     ap.add_argument("--k", type=int, default=d.k)
+    ap.add_argument("--save-every", type=int, default=200, metavar="N", help="also save every N steps")
     ap.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop training after S seconds")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="threads (default 1: fastest on a shared 2-core machine)")
     ap.add_argument("--eval-n", type=int, default=200, help="held-out scenes to evaluate (0: skip)")
     ap.add_argument("--install", action="store_true", help="copy the weights into densemllm/models/default/")
     a = ap.parse_args(argv)
@@ -37,13 +38,13 @@ def main(argv=None):
     recipe = Recipe(seed=a.seed, steps=a.steps, batch=a.batch, lr=a.lr, loss=a.loss, k=a.k,
                     warmup=min(d.warmup, max(1, a.steps // 10)), time_limit_s=a.time_limit)
     t0 = time.perf_counter()
-    ck, record = train(out, recipe, threads=a.threads)
+    ck, record = train(out, recipe, threads=a.threads, save_every=a.save_every)
     print(f"trained {record['steps']} steps ({record['examples']} examples) in {record['seconds']:.0f} s -> {ck}")
     if a.eval_n:
         data = out / "heldout"
         if not (data / "meta" / "val.json").is_file():
             layout.write_heldout(data, a.eval_n)
-        record["heldout"] = evaluate_heldout(ck, data, n=None)
+        record["heldout"] = evaluate_heldout(ck, data, n=None, threads=a.threads)
         record["heldout_n_scenes"] = a.eval_n
         for name, m in record["heldout"].items():
             print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}))

@@ -41,7 +41,8 @@ class Recipe:
     max_grad_norm: float = 1.0
     loss: str = "ntpm"              # densemllm.losses.VARIANTS
     k: int = 32
-    mix: dict = field(default_factory=lambda: {"segment": 0.4, "depth": 0.25, "core": 0.2, "ground": 0.15})
+    valid: str = "task"             # vision valid set: "task" (the task's ids) or "vocab" (every id, as the ablations)
+    mix: dict = field(default_factory=lambda: {"segment": 0.35, "depth": 0.2, "core": 0.2, "ground": 0.25})
     size: int = 128                 # scene side in pixels
     crop_short_side: int = DEFAULT_CROP_SHORT_SIDE
     time_limit_s: float | None = None  # stop early (reported) when the wall time is spent
@@ -180,11 +181,14 @@ def install(checkpoint_dir):
     return dm.DEFAULT_DIR / dm.WEIGHTS
 
 
-def train(out_dir, recipe: Recipe | None = None, *, threads=None, log=print, log_every=20):
+def train(out_dir, recipe: Recipe | None = None, *, threads=1, log=print, log_every=20, save_every=200):
     """Train from ``train_init`` with ``recipe``; returns (checkpoint dir, record).
 
-    The checkpoint is ``out_dir/model`` (bf16) and ``out_dir/log.jsonl`` holds one line
-    per logged step (losses, grad norm, lr, seconds)."""
+    The checkpoint is ``out_dir/model`` (bf16; also written every ``save_every`` steps,
+    atomically, so an interrupted run leaves its latest state) and ``out_dir/log.jsonl``
+    holds one line per logged step (losses, grad norm, lr, seconds). ``threads``: 1 by
+    default: on a shared 2-core machine one thread ran a step 10-20x faster than two
+    (OpenMP barriers under oversubscription; measured, docs/default-model.md)."""
     from ..train import TrainableModel
     from ..train.optim import AdamW, LRSchedule
 
@@ -210,7 +214,8 @@ def train(out_dir, recipe: Recipe | None = None, *, threads=None, log=print, log
                 kw = {}
                 if vt is not None:
                     pos, valid, single = vt
-                    kw = dict(vision_targets=pos, vision_valid=valid, k=recipe.k, loss=recipe.loss)
+                    kw = dict(vision_targets=pos, vision_valid=valid if recipe.valid == "task" else None, k=recipe.k,
+                              loss=recipe.loss)
                     if recipe.loss == "ntp_ce":
                         kw["vision_labels"] = single
                 r = tm.forward_backward(ids, image=pre, labels=labels, **kw)
@@ -230,6 +235,11 @@ def train(out_dir, recipe: Recipe | None = None, *, threads=None, log=print, log
                 log(f"step {step + 1}/{recipe.steps}  loss {row['loss']:.4f} (text {row['text_loss']:.4f}, "
                     f"vision {row['vision_loss']:.4f})  |g| {gnorm:.3f}  lr {lr:.2e}  {elapsed:.0f}s")
                 acc = {"loss": 0.0, "text": 0.0, "vision": 0.0, "n": 0}
+            if save_every and (step + 1) % save_every == 0 and step + 1 < recipe.steps:
+                rec = {"recipe": asdict(recipe), "steps": step + 1, "seed": recipe.seed, "seconds": elapsed,
+                       "partial": True}
+                save_checkpoint(tm, out / "model", rec)  # the latest state, for an interrupted run
+                save_checkpoint(tm, out / f"model-step{step + 1}", rec)  # kept: runs compare at equal steps
             if recipe.time_limit_s is not None and elapsed > recipe.time_limit_s:
                 log(f"time limit {recipe.time_limit_s:.0f}s reached after {step + 1} steps")
                 break
@@ -243,7 +253,7 @@ def train(out_dir, recipe: Recipe | None = None, *, threads=None, log=print, log
 
 
 def evaluate_heldout(model_dir, data_root, *, n=None, datasets=("scenes", "scenes_depth", "scenes_refer"),
-                     out=None, progress=False):
+                     out=None, progress=False, threads=1):
     """The held-out metrics through densemllm.eval (the first ``n`` samples of each
     dataset; all when None). Returns {dataset: metrics dict}."""
     from .. import eval as E
@@ -251,6 +261,6 @@ def evaluate_heldout(model_dir, data_root, *, n=None, datasets=("scenes", "scene
     res = {}
     for name in datasets:
         r = E.evaluate(str(model_dir), name, data_root=data_root, limit=n, out=out or Path(model_dir) / "eval",
-                       progress=progress)
+                       progress=progress, load_kwargs={"threads": threads})
         res[name] = {k: v for k, v in r.metrics.items() if "." not in k}
     return res
