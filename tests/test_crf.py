@@ -298,3 +298,19 @@ def test_segment_crf_true(tmp_path):
         m.segment(img, ["cat"], crf=True, background=True)
     with pytest.raises(ValueError, match="crf=False"):
         m.segment(img, ["cat"], crf_params={"iterations": 3})
+
+
+def test_cli_crf_flag(tmp_path, monkeypatch):
+    from PIL import Image
+    from test_tasks import band_image, build, e
+
+    from densemllm.cli import main
+
+    m = build(tmp_path, rows={"cat": e((0, 1.0)), "dog": e((1, 1.0))})
+    Image.fromarray(band_image(["red", "green"])).save(tmp_path / "in.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["segment", "--model", str(m.path), "in.png", "--classes", "cat,dog", "--crf"]) == 0
+    want = np.zeros((64, 64), np.int32)
+    want[32:] = 1
+    np.testing.assert_array_equal(np.load(tmp_path / "in.segment.npy"), want)
+    assert main(["segment", "--model", str(m.path), "in.png", "--classes", "cat", "--crf", "--background"]) == 2
