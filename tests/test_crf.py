@@ -314,3 +314,12 @@ def test_cli_crf_flag(tmp_path, monkeypatch):
     want[32:] = 1
     np.testing.assert_array_equal(np.load(tmp_path / "in.segment.npy"), want)
     assert main(["segment", "--model", str(m.path), "in.png", "--classes", "cat", "--crf", "--background"]) == 2
+
+
+def test_tiny_and_degenerate_images():
+    # one pixel, one row, one column, one class: exact up to the lattice's (here tiny) error
+    rng = np.random.default_rng(11)
+    for H, W, C in [(1, 1, 1), (1, 1, 3), (1, 7, 2), (5, 1, 3), (3, 3, 1)]:
+        image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        p = rng.dirichlet(np.ones(C), (H, W)).astype(np.float32)
+        np.testing.assert_allclose(dense_crf(image, p), exact_crf(image, p), atol=1e-4)
