@@ -571,7 +571,7 @@ dm_status crf_inference(float *q_out, const float *probs, const uint8_t *image, 
 
     /* Q_0 = softmax(-unary) */
     {
-        float *zero = dm_calloc((size_t)omp_get_max_threads() * C, sizeof(float), "crf scratch");
+        float *zero = dm_calloc((size_t)C, sizeof(float), "crf scratch"); /* no messages yet */
         if (!zero) return DM_ERR_NOMEM;
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < n; i++) pixel_update(q_out + i * C, probs + i * C, zero, C, p->clip);
