@@ -75,10 +75,7 @@ def dense_crf(image, probs, sxy_gaussian=3.0, compat_gaussian=3.0, sxy_bilateral
             raise ValueError(f"image is {im.shape[0]}x{im.shape[1]} (H x W) but probs is {H}x{W}: "
                              "the probabilities must be at the image's resolution")
         im = np.ascontiguousarray(im)
-    bad = ~np.isfinite(p) | (p < 0) | (p > 1)
-    if bad.any():
-        y, x, c = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"probs[{y}, {x}, {c}] = {float(p[y, x, c])!r}: probabilities must be finite and in [0, 1]")
+    # NaN / out-of-range probabilities are found (with their index) by the C core in one pass
     return _core.crf_inference(
         im, p,
         sxy_gaussian=_number("sxy_gaussian", sxy_gaussian),

@@ -298,3 +298,28 @@ def test_segment_crf_true(tmp_path):
         m.segment(img, ["cat"], crf=True, background=True)
     with pytest.raises(ValueError, match="crf=False"):
         m.segment(img, ["cat"], crf_params={"iterations": 3})
+
+
+def test_cli_crf_flag(tmp_path, monkeypatch):
+    from PIL import Image
+    from test_tasks import band_image, build, e
+
+    from densemllm.cli import main
+
+    m = build(tmp_path, rows={"cat": e((0, 1.0)), "dog": e((1, 1.0))})
+    Image.fromarray(band_image(["red", "green"])).save(tmp_path / "in.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["segment", "--model", str(m.path), "in.png", "--classes", "cat,dog", "--crf"]) == 0
+    want = np.zeros((64, 64), np.int32)
+    want[32:] = 1
+    np.testing.assert_array_equal(np.load(tmp_path / "in.segment.npy"), want)
+    assert main(["segment", "--model", str(m.path), "in.png", "--classes", "cat", "--crf", "--background"]) == 2
+
+
+def test_tiny_and_degenerate_images():
+    # one pixel, one row, one column, one class: exact up to the lattice's (here tiny) error
+    rng = np.random.default_rng(11)
+    for H, W, C in [(1, 1, 1), (1, 1, 3), (1, 7, 2), (5, 1, 3), (3, 3, 1)]:
+        image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        p = rng.dirichlet(np.ones(C), (H, W)).astype(np.float32)
+        np.testing.assert_allclose(dense_crf(image, p), exact_crf(image, p), atol=1e-4)

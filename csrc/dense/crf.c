@@ -232,7 +232,7 @@ static dm_status lattice_build(lattice *L, const feature_src *src, int64_t n) {
     dm_status st = (L->offset && L->slice_w && keys) ? vtable_init(&t, d, n) : DM_ERR_NOMEM;
     for (int64_t i0 = 0; st == DM_OK && i0 < n; i0 += EMBED_BLOCK) {
         int64_t nb = n - i0 < EMBED_BLOCK ? n - i0 : EMBED_BLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 512)
         for (int64_t k = 0; k < nb; k++) {
             float f[CRF_MAX_DIM];
             feature_of(src, i0 + k, f);
@@ -253,7 +253,7 @@ static dm_status lattice_build(lattice *L, const feature_src *src, int64_t n) {
      * (the implicit last coordinate when j == d) */
     L->blur = dm_alloc((size_t)dp1 * m * 2, sizeof(int32_t), "crf lattice neighbours");
     if (!L->blur) { st = DM_ERR_NOMEM; goto fail; }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1024)
     for (int32_t v = 0; v < m; v++) {
         const int32_t *key = t.keys + (int64_t)v * d;
         int32_t n1[CRF_MAX_DIM], n2[CRF_MAX_DIM];
@@ -363,7 +363,7 @@ static float *lattice_blur(const lattice *L, float *a, float *b, int64_t C) {
     memset(b + (int64_t)m * C, 0, (size_t)C * sizeof(float));
     for (int j = 0; j <= L->d; j++) {
         const int32_t *nb = L->blur + (int64_t)j * m * 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1024)
         for (int32_t v = 0; v < m; v++) {
             const float *restrict o = a + (int64_t)v * C, *restrict p = a + (int64_t)nb[2 * v] * C,
                                   *restrict q = a + (int64_t)nb[2 * v + 1] * C;
@@ -395,7 +395,7 @@ static void lattice_filter_raw(const lattice *L, float *out, const float *in, fl
         lattice_splat(L, in, va, C);
         res = lattice_blur(L, va, vb, C);
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1024)
     for (int64_t i = 0; i < L->n; i++) {
         float w[CRF_MAX_DIM + 1];
         for (int r = 0; r < dp1; r++) w[r] = alpha * L->slice_w[i * dp1 + r];
@@ -571,7 +571,7 @@ dm_status crf_inference(float *q_out, const float *probs, const uint8_t *image, 
 
     /* Q_0 = softmax(-unary) */
     {
-        float *zero = dm_calloc((size_t)omp_get_max_threads() * C, sizeof(float), "crf scratch");
+        float *zero = dm_calloc((size_t)C, sizeof(float), "crf scratch"); /* no messages yet */
         if (!zero) return DM_ERR_NOMEM;
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < n; i++) pixel_update(q_out + i * C, probs + i * C, zero, C, p->clip);
@@ -650,7 +650,7 @@ dm_status crf_inference(float *q_out, const float *probs, const uint8_t *image, 
 #pragma omp parallel
         {
             float *a = acc + (int64_t)omp_get_thread_num() * C;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 512)
             for (int64_t i = 0; i < n; i++) {
                 float *qi = q_out + i * C;
                 const float *pi = probs + i * C;
