@@ -27,11 +27,35 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_open", "atomic_write"]
+__all__ = ["atomic_path", "atomic_open", "atomic_write", "is_temp_name", "remove_stale_temps"]
+
+
+_TEMP_HEX = 12  # hex digits of the random part
 
 
 def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    return path.with_name(f".{path.name}.{secrets.token_hex(_TEMP_HEX // 2)}.tmp{path.suffix}")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the name of a temporary file of this module (possibly left by a killed writer)."""
+    if not name.startswith("."):
+        return False
+    parts = name[1:].split(".")
+    return any(len(p) == _TEMP_HEX and all(c in "0123456789abcdef" for c in p) and parts[i + 1] == "tmp"
+               for i, p in enumerate(parts[:-1]))
+
+
+def remove_stale_temps(folder) -> int:
+    """Delete the temporary files a killed writer left in ``folder``; returns how many.
+    Only call it where no other process is writing into the folder at the same time."""
+    n = 0
+    for p in Path(folder).iterdir():
+        if p.is_file() and is_temp_name(p.name):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                n += 1
+    return n
 
 
 def _fsync_path(p: Path):

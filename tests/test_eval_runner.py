@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from densemllm._atomic import is_temp_name
 import pytest
 
 from densemllm.eval import evaluate
@@ -65,7 +67,7 @@ def test_sigkill_half_way_then_resume_equals_uninterrupted(tmp_path):
     script.write_text(KILL_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(out), str(log)])
     deadline = time.monotonic() + 120
-    stored = lambda: list(out.glob("store/*/*/*/*/*.npz"))  # noqa: E731
+    stored = lambda: [p for p in out.glob("store/*/*/*/*/*.npz") if not is_temp_name(p.name)]  # noqa: E731
     while len(stored()) < n // 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)

@@ -31,7 +31,8 @@ def init_local(ray, workers):
     """A local Ray 'cluster' sized for this job: one CPU per worker, a small object
     store, no dashboard (start-up on small machines is dominated by these)."""
     ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=96 << 20,
-             log_to_driver=False, configure_logging=False)
+             log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")  # a local cluster talks over loopback only
 
 
 def run_ray(spec, ds, items, workers, address, sample_dict):

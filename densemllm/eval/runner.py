@@ -235,6 +235,7 @@ def evaluate(model_or_predictor, dataset: str, data_root=None, split=None, proto
                     dict(table.get("paper", {}).get(base_split, {})),
                     metric.per_class(metrics) if hasattr(metric, "per_class") else None, metric.primary, evaluated)
     rdir = out / "reports" / slug(str(key)) / f"{table['name']}-{slug(ds.split, 16)}-{key_hash(protocol.to_dict())}"
+    rdir.mkdir(parents=True, exist_ok=True)
     if worst:
         report.files["worst"] = _write_worst(ds, samples, store, metric, all_stats, worst, rdir / "worst")
     report.files["json"] = str(rdir / "report.json")
@@ -338,6 +339,7 @@ def _write_worst(ds, samples, store, metric, all_stats, k, folder):
             continue
         img, gt = ds.load(s)
         pic = _picture(ds, img, gt, pred)
+        folder.mkdir(parents=True, exist_ok=True)
         p = folder / (slug(s.id) + ".png")
         import io
 

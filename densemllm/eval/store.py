@@ -11,37 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write, is_temp_name, remove_stale_temps
+
 __all__ = ["atomic_write", "Store", "slug"]
-
-TMP_PREFIX = ".tmp-"  # + ".part": never matches a result file's name
-
-
-def atomic_write(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + fsync + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
 
 def slug(text: str, n=48) -> str:
     """A file-name-safe form of ``text`` plus a short hash (distinct texts stay distinct)."""
@@ -58,8 +35,7 @@ class Store:
         self.manifest = {"model": model_key, "dataset": dataset, "split": split, "protocol": protocol}
         self.dir = Path(out) / "store" / slug(model_key) / slug(dataset) / slug(split) / key_hash(protocol)
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob(TMP_PREFIX + "*.part"):  # left by a killed writer: never a result
-            stale.unlink(missing_ok=True)
+        remove_stale_temps(self.dir)  # left by a killed writer: never a result
         man = self.dir / "manifest.json"
         text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str)
         if man.exists():
@@ -98,11 +74,14 @@ class Store:
 
     def ids(self) -> set:
         out = set()
-        for p in self.dir.glob("*.npz"):
+        for p in self._results():
             with np.load(p, allow_pickle=False) as z:
                 out.add(str(z["__id__"]))
         return out
 
+    def _results(self):
+        return [p for p in self.dir.glob("*.npz") if not is_temp_name(p.name)]
+
     def clear(self) -> None:
-        for p in self.dir.glob("*.npz"):
+        for p in self._results():
             p.unlink()
