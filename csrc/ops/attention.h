@@ -56,6 +56,10 @@ int attention_bf16_available(void);
 dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
                             const dm_attn_args *a);
 
+/* Bytes of workspace attention_backward can use for these arguments (its K/V
+ * packs). Reads segments[0..n_seg] when set. */
+size_t attention_backward_workspace_bytes(const dm_attn_args *a);
+
 /* Backward, FlashAttention-2 style (nothing Tq x Tk is ever stored):
  * with P_ij = exp(scale q_i.k_j - lse_i) on the visible keys (0 elsewhere) and
  * D_i = sum_c dout_ic out_ic (computed here from out, per row and head),
@@ -80,10 +84,6 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
  * (Hkv * blocks * 64 * (Dk+Dv) floats, blocks = the 64-key blocks of every
  * segment), taken from a->workspace when that holds
  * attention_backward_workspace_bytes(a), else allocated. */
-/* Bytes of workspace attention_backward can use for these arguments (its K/V
- * packs). Reads segments[0..n_seg] when set. */
-size_t attention_backward_workspace_bytes(const dm_attn_args *a);
-
 dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse,
                              const dm_attn_args *a);
