@@ -1020,6 +1020,7 @@ dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout,
     const size_t dq_acc = (size_t)rep * (size_t)(max_seg + 4) * (size_t)a->Dk;
     const int fused = a->Hkv * n_seg >= 2 * (int64_t)nt && dq_acc * sizeof(float) <= ((size_t)16 << 20);
     float *dq_scratch = fused ? dm_alloc((size_t)nt * dq_acc, sizeof(float), "attention backward dq") : NULL;
+    if (fused && !dq_scratch) dm_clear_error(); /* no room for the fused schedule: two passes, same result */
     const int64_t total_kv = n_kv * a->Hkv, total_q = n_q * a->H;
 #pragma omp parallel num_threads(nt)
     {

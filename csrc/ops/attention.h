@@ -56,6 +56,10 @@ int attention_bf16_available(void);
 dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
                             const dm_attn_args *a);
 
+/* Bytes of workspace attention_backward can use for these arguments (its K/V
+ * packs). Reads segments[0..n_seg] when set. */
+size_t attention_backward_workspace_bytes(const dm_attn_args *a);
+
 /* Backward, FlashAttention-2 style (nothing Tq x Tk is ever stored):
  * with P_ij = exp(scale q_i.k_j - lse_i) on the visible keys (0 elsewhere) and
  * D_i = sum_c dout_ic out_ic (computed here from out, per row and head),
@@ -67,21 +71,19 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
  * set, same args). dq / dk / dv are OVERWRITTEN (their [H*Dk] / [Hkv*Dk] /
  * [Hkv*Dv] part of each row) with the layouts and row strides of q / k / v;
  * dout has the layout of out; dq, dk, dv must not overlap each other or the
- * inputs. Same masking rules (segments, causal, GQA,
- * Dk != Dv, scale) as the forward. Each output element has one writer and is
+ * inputs. Same masking rules (segments, causal, GQA, Dk != Dv, scale) as the
+ * forward. Each output element has one writer and is
  * summed in a fixed order: with enough (kv head, segment) pairs for the threads,
  * one item per pair visits its key blocks in order and owns their dk/dv and its
  * queries' dq (5 block products per block pair); otherwise a pass over (kv head,
  * key block) owns dk/dv and a pass over (head, query block) owns dq, recomputing
  * the score blocks (7 products). Both schedules add the same terms in the same
- * order: results are bit-identical for any thread count. Memory: per-thread block scratch, D (Tq*H floats) and one
- * transposed copy of K and V per key block (Hkv * blocks * 64 * (Dk+Dv) floats,
- * blocks = the 64-key blocks of every segment), taken from a->workspace when
- * that is large enough, else allocated. */
-/* Bytes of workspace attention_backward can use for these arguments (its K/V
- * packs; segments must already be valid, else 0). */
-size_t attention_backward_workspace_bytes(const dm_attn_args *a);
-
+ * order: results are bit-identical for any thread count.
+ * Memory: per-thread block scratch (and the fused schedule's dq accumulator, at
+ * most 16 MiB), D (Tq*H floats) and one transposed copy of K and V per key block
+ * (Hkv * blocks * 64 * (Dk+Dv) floats, blocks = the 64-key blocks of every
+ * segment), taken from a->workspace when that holds
+ * attention_backward_workspace_bytes(a), else allocated. */
 dm_status attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse,
                              const dm_attn_args *a);
