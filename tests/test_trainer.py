@@ -280,3 +280,37 @@ def test_bf16_export_loads_and_does_not_resume(trained, tmp_path):
     assert np.abs(za - zb).max() <= 0.05 * np.abs(za).max()  # bf16 weights: ~3 significant digits
     with pytest.raises(ValueError, match="only f32 checkpoints resume exactly"):
         Trainer.resume(tmp_path / "bf16")
+
+
+def test_loaded_logits_equal_the_trainers_own(tmp_path):
+    """The trainer's own logits of one row, read off its head gradient, equal those of
+    densemllm.load(saved) (untied head: with one counted row t and target y, the
+    lm_head gradient is (softmax(z_t) - e_y) h_t^T, so row v is p_v h_t for v != y and
+    z_v - z_u = log(g_v . g_u / g_u . g_u)). The bound is absolute on these differences
+    and dominated by the read-off's own f32 error (see below); the 1e-6 acceptance check
+    on the losses is test_saved_checkpoint_gives_the_trainers_model."""
+    path = make_checkpoint(tmp_path / "untied", dtype="f32", tie_word_embeddings=False)
+    tr = Trainer(path, lr=1e-3, total_steps=3, threads=1)
+    for s in dataset(3):
+        tr.step(s)  # the masters are no longer the file's
+    tr.save(tmp_path / "saved")
+    img, lm = scene(7)
+    e = tr.encode(Sample(img, PROMPT, ANSWER))
+    t = len(e.input_ids) - 3
+    labels = np.full(len(e.input_ids), IGNORE_INDEX)
+    labels[t + 1] = e.input_ids[t + 1]
+    tr.tm.zero_grad()
+    tr.tm.forward_backward(e.input_ids, image=e.pre, labels=labels)
+    g = tr.tm.grads()["lm_head.weight"].astype(np.float64)
+    y = int(labels[t + 1])
+    others = np.array([v for v in range(g.shape[0]) if v != y])
+    u = int(others[np.argmax(np.linalg.norm(g[others], axis=1))])  # the most precise reference row
+    own = np.log(g[others] @ g[u] / (g[u] @ g[u]))  # z_v - z_u, trainer's own
+    z = densemllm.load(tmp_path / "saved").forward(e.input_ids, image=img)[t].astype(np.float64)
+    loaded = z[others] - z[u]
+    err = np.abs(own - loaded).max()
+    print(f"own vs loaded logit differences: max |diff| = {err:.1e} (max |z| = {np.abs(z).max():.2f})")
+    # the read-off itself has an error: the head's softmax p is f32 from an exp of ~2 ulp
+    # (<= ~3 ulp = 3.6e-7 relative per p), a log ratio of two of them <= 7.2e-7, the f32
+    # gradient rows and the loaded f32 logits add ~2.5e-7: 1.5e-6 bounds the measurement
+    assert err <= 1.5e-6

@@ -457,9 +457,6 @@ dm_status dm_head_ntpm(const dm_head *hd, const dm_head_ntpm_args *a, double wei
     dm_threads_enter();
     const int nt = hd->threads > 0 ? hd->threads : dm_get_num_threads();
 
-    int64_t max_pos = 0;
-    for (int64_t i = 0; i < L; i++)
-        if (a->pos_offsets[i + 1] - a->pos_offsets[i] > max_pos) max_pos = a->pos_offsets[i + 1] - a->pos_offsets[i];
     int64_t stride = 0;
     if (sparse && want_grad) DM_TRY(ntpm_sparse_stride(&fa, &stride));
 
@@ -697,6 +694,5 @@ out:
     dm_free(z); dm_free(G); dm_free(hc); dm_free(dhc); dm_free(wf); dm_free(rowbuf); dm_free(sv);
     dm_free(si); dm_free(map); dm_free(uni); dm_free(sc); dm_free(loc_off); dm_free(loc_ids); dm_free(loc_set);
     dm_free(loc_lab); dm_free(set_loc); dm_free(loc_voff); dm_free(loc_vids); dm_free(ent);
-    (void)max_pos;
     return st;
 }
