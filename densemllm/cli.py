@@ -118,6 +118,8 @@ def build_parser():
     p.add_argument("--scene", type=int, default=None, metavar="N", help="index of the held-out scene "
                    "(default: densemllm.data.demo.DEMO_SCENE)")
     p.add_argument("--expression", default=None, help="referring expression (default: the scene's own)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="a checkpoint of the default architecture instead of the embedded model")
 
     from .eval.cli import add_parser as _add_eval_parser  # densemllm eval (docs/evaluation.md)
 
@@ -244,7 +246,7 @@ def demo(args):
     from .data.demo import DEMO_SCENE, run_demo
 
     run_demo(args.out_dir, threads=args.threads, image=args.image,
-             index=DEMO_SCENE if args.scene is None else args.scene, expression=args.expression)
+             index=DEMO_SCENE if args.scene is None else args.scene, expression=args.expression, model=args.model)
     return 0
 
 

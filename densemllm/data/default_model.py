@@ -143,7 +143,8 @@ def default_model_dir():
 
 
 def training_record(dir=DEFAULT_DIR) -> dict:
-    """The training facts stored in the shipped weights' safetensors metadata (empty if none)."""
+    """The training facts stored in a default-model checkpoint's safetensors metadata
+    (the shipped one by default; empty if none)."""
     p = trained_weights(dir)
     if p is None:
         return {}

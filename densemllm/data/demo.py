@@ -63,9 +63,15 @@ def scene_metrics(scene, seg, dep, ref, ref_object_id):
     return out
 
 
-def _model(out, threads, log):
+def _model(out, threads, log, model=None):
     import densemllm
 
+    if model is not None:
+        rec = dm.training_record(model)
+        state = (f"trained {rec.get('steps', '?')} steps, seed {rec.get('seed', '?')}" if rec
+                 else "no training record in its weights")
+        log(f"model: {model} ({state})")
+        return densemllm.load(model, threads=threads), bool(rec)
     if dm.trained_weights() is not None:
         rec = dm.training_record()
         log(f"model: the trained default model ({dm.DEFAULT_DIR}); "
@@ -76,17 +82,21 @@ def _model(out, threads, log):
     return densemllm.load(ck, threads=threads), False
 
 
-def run_demo(out_dir="densemllm-demo", *, threads=None, image=None, index=DEMO_SCENE, expression=None, log=print):
-    """Run the demo; returns a dict of what it wrote and measured."""
+def run_demo(out_dir="densemllm-demo", *, threads=None, image=None, index=DEMO_SCENE, expression=None, model=None,
+             log=print):
+    """Run the demo; returns a dict of what it wrote and measured. ``model``: a checkpoint
+    directory of the default architecture instead of the embedded model."""
     from PIL import Image
 
     from .. import viz
+    from ..parse import ParseError
+    from ..results import ReferResult
     from ..tasks.common import to_rgb
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model, trained = _model(out, threads, log)
+    model, trained = _model(out, threads, log, model)
     tag = "" if trained else " [UNTRAINED]"
     scene = None
     if image is None:
@@ -124,7 +134,11 @@ def run_demo(out_dir="densemllm-demo", *, threads=None, image=None, index=DEMO_S
     save("depth", viz.colorize_depth(dep.depth, vmin=T.DEPTH_MIN_M, vmax=T.DEPTH_MAX_M))
     ok = np.isfinite(dep.depth)
     log(f"depth{tag}: {np.min(dep.depth[ok]):.2f}..{np.max(dep.depth[ok]):.2f} m")
-    ref = model.refer(rgb, expression, crop_short_side=DEFAULT_CROP_SHORT_SIDE, seed=0, max_new_tokens=24)
+    try:
+        ref = model.refer(rgb, expression, crop_short_side=DEFAULT_CROP_SHORT_SIDE, seed=0, max_new_tokens=24)
+    except ParseError as e:  # the model wrote a malformed box: no mask (counted as a miss)
+        log(f"refer{tag}: {expression!r} -> {e}")
+        ref = ReferResult(np.zeros(rgb.shape[:2], bool), None, str(e), image=rgb)
     save("refer", ref.picture())
     log(f"refer{tag}: {expression!r} -> box {ref.box}, {int(ref.mask.sum())} mask pixels")
     metrics = {}

@@ -90,6 +90,42 @@ def load_scene_ref_target(table, sample, image_hw):
     return mask
 
 
+def _refer_protocol():
+    import numpy as np
+
+    from ..eval.protocols import ReferProtocol, sample_rng
+    from ..parse import ParseError
+
+    class SceneReferProtocol(ReferProtocol):
+        """ReferProtocol whose answer with a malformed box (a weak model's) gives an empty
+        mask, counted as a miss, instead of stopping the run."""
+
+        def predictor(self, model, table):
+            def predict(image, sample):
+                rng = sample_rng(self.seed, sample["id"])
+                try:
+                    r = model.refer(image, sample["meta"]["expression"], crop_short_side=self.crop_short_side,
+                                    seed=int(rng.integers(2 ** 31)), max_new_tokens=self.max_new_tokens)
+                except ParseError:
+                    return np.zeros(image.shape[:2], bool)
+                return r.mask
+
+            return predict
+
+    # a module-level name, so worker processes can unpickle protocols holding it
+    SceneReferProtocol.__module__, SceneReferProtocol.__qualname__ = __name__, "SceneReferProtocol"
+    globals()["SceneReferProtocol"] = SceneReferProtocol
+    return SceneReferProtocol("scenes_refer", crop_short_side=DEFAULT_CROP_SHORT_SIDE, max_new_tokens=32)
+
+
+def __getattr__(name):  # SceneReferProtocol exists once densemllm.eval has registered the scenes
+    if name == "SceneReferProtocol":
+        import densemllm.eval  # noqa: F401  (runs register())
+
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def register():
     """Add the three tables, the referring reader and the default model's protocols to
     the harness' registries (idempotent)."""
@@ -101,5 +137,5 @@ def register():
             datasets.register(t)
     for p in (protocols.SegProtocol("scenes", scale=1.0, crf=False, max_new_tokens=128),
               protocols.DepthProtocol("scenes_depth", prompt_dataset=T.DEPTH_DATASET, scale=1.0),
-              protocols.ReferProtocol("scenes_refer", crop_short_side=DEFAULT_CROP_SHORT_SIDE, max_new_tokens=32)):
+              _refer_protocol()):
         protocols.PROTOCOLS.setdefault(p.dataset, p)
