@@ -229,7 +229,7 @@ static dm_status lattice_build(lattice *L, const feature_src *src, int64_t n) {
     L->slice_w = dm_alloc((size_t)n * dp1, sizeof(float), "crf lattice weights");
     int32_t *keys = dm_alloc((size_t)EMBED_BLOCK * dp1 * d, sizeof(int32_t), "crf lattice keys");
     vtable t = {0};
-    dm_status st = (L->offset && L->slice_w && keys) ? vtable_init(&t, d, n) : DM_ERR_NOMEM;
+    dm_status st = (L->offset && L->slice_w && keys) ? vtable_init(&t, d, 4096) : DM_ERR_NOMEM; /* grows; M is often << N */
     for (int64_t i0 = 0; st == DM_OK && i0 < n; i0 += EMBED_BLOCK) {
         int64_t nb = n - i0 < EMBED_BLOCK ? n - i0 : EMBED_BLOCK;
 #pragma omp parallel for schedule(dynamic, 512)
