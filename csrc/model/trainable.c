@@ -186,6 +186,9 @@ static dm_status step_locked(dm_trainable *t, const dm_train_inputs *in, dm_trai
     res->loss = res->text_loss + res->vision_loss;
 
     if ((st = dm_llm_backward(m, &t->params, &la, dh, dx))) goto done;
+    if (in->padding_idx >= 0)
+        for (int64_t i = 0; i < T; i++)
+            if (emb_ids[i] == in->padding_idx) emb_ids[i] = -1; /* the forward is done with them */
     if ((st = embedding_backward(dm_params_grad_of(&t->params, m->embed.data), V, D, emb_ids, T, dx, D))) goto done;
     if (has_image) {
         for (int64_t j = 0; j < M; j++) memcpy(dvis + j * D, dx + rows[j] * D, (size_t)D * sizeof(float));

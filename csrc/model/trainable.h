@@ -68,6 +68,10 @@ typedef struct {
     ntpm_variant variant;
     double vision_denom; /* 0: mean over active vision tokens, < 0: sum (Eq. 5), > 0: given */
     double text_denom;   /* 0: mean over counted text tokens, > 0: given */
+    /* Embedding row that takes no gradient from its lookups (nn.Embedding's
+     * padding_idx = pad_token_id in transformers' model); < 0: none. A tied head
+     * still adds its own gradient to that row. */
+    int64_t padding_idx;
 } dm_train_inputs;
 
 typedef struct {

@@ -132,15 +132,16 @@ static int int_array(PyObject *obj, const char *what, npy_intp n, PyArrayObject 
 static PyObject *Trainable_forward_backward(TrainableObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_ids", "patches", "grid_h", "grid_w", "labels", "pos_offsets", "pos_ids",
                              "valid_offsets", "valid_ids", "token_set", "ntp_labels", "k", "variant", "gamma",
-                             "alpha", "ohem_ratio", "vision_denom", "text_denom", NULL};
+                             "alpha", "ohem_ratio", "vision_denom", "text_denom", "padding_idx", NULL};
     PyObject *ids_o, *pat_o = Py_None, *lab_o = Py_None, *po_o = Py_None, *pi_o = Py_None, *vo_o = Py_None;
     PyObject *vi_o = Py_None, *ts_o = Py_None, *nl_o = Py_None;
     long long gh = 0, gw = 0, k = 32;
     int variant = 0;
     double gamma = 2.0, alpha = 0.25, ohem = 3.0, vden = 0.0, tden = 0.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OLLOOOOOOOLiddddd", kwlist, &ids_o, &pat_o, &gh, &gw, &lab_o,
+    long long padding_idx = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$OLLOOOOOOOLidddddL", kwlist, &ids_o, &pat_o, &gh, &gw, &lab_o,
                                      &po_o, &pi_o, &vo_o, &vi_o, &ts_o, &nl_o, &k, &variant, &gamma, &alpha, &ohem,
-                                     &vden, &tden))
+                                     &vden, &tden, &padding_idx))
         return NULL;
     const dm_trainable *t = self->t;
     PyArrayObject *ids, *lab, *po, *pi, *vo, *vi, *ts, *nl;
@@ -199,6 +200,7 @@ static PyObject *Trainable_forward_backward(TrainableObject *self, PyObject *arg
     in.ohem_ratio = ohem;
     in.vision_denom = vden;
     in.text_denom = tden;
+    in.padding_idx = padding_idx < (long long)t->lcfg.vocab ? padding_idx : -1;
     dm_train_result r;
     dm_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -302,7 +304,7 @@ static PyGetSetDef Trainable_getset[] = {
 static PyMethodDef Trainable_methods[] = {
     {"forward_backward", (PyCFunction)(void (*)(void))Trainable_forward_backward, METH_VARARGS | METH_KEYWORDS,
      "forward_backward(input_ids, *, patches, grid_h, grid_w, labels, pos_offsets, pos_ids, valid_offsets, "
-     "valid_ids, token_set, ntp_labels, k, variant, gamma, alpha, ohem_ratio, vision_denom, text_denom) -> dict "
+     "valid_ids, token_set, ntp_labels, k, variant, gamma, alpha, ohem_ratio, vision_denom, text_denom, padding_idx) -> dict "
      "(GIL released; gradients accumulate)."},
     {"zero_grad", (PyCFunction)Trainable_zero_grad, METH_NOARGS, "zero every gradient"},
     {"tensors", (PyCFunction)(void (*)(void))Trainable_tensors, METH_VARARGS | METH_KEYWORDS,

@@ -68,6 +68,10 @@ class TrainableModel:
         self._tm = _core.TrainableModel(ckpt, vision_config_dict(self.config), lm_config_dict(self.config),
                                         backend=self.model.backend, checkpointing=bool(checkpointing))
         del ckpt
+        # transformers' embedding has padding_idx = pad_token_id: that row gets no gradient
+        # from its lookups (the turn-end token of the Youtu template is often the pad token)
+        pad = self.config.pad_token_id
+        self._padding_idx = -1 if pad is None else int(pad)
         self._params = None
         self._grads = None
 
@@ -179,7 +183,8 @@ class TrainableModel:
         elif vision_valid is not None or vision_labels is not None:
             raise ValueError("vision_valid / vision_labels need vision_targets")
         r = self._tm.forward_backward(k=k, variant=VARIANTS.index(loss), gamma=float(gamma), alpha=float(alpha),
-                                      ohem_ratio=float(ohem_ratio), vision_denom=vden, text_denom=tden, **kw)
+                                      ohem_ratio=float(ohem_ratio), vision_denom=vden, text_denom=tden,
+                                      padding_idx=self._padding_idx, **kw)
         return StepOutput(r["loss"], r["text_loss"], r["vision_loss"], r["n_text"], r["n_vision"], r["act_bytes"],
                           r["head_workspace"])
 
