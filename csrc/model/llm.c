@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/interrupt.h"
 #include "io/safetensors.h"
 #include "ops/attention.h"
 #include "ops/norm.h"
@@ -333,6 +334,10 @@ dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t po
         goto done;
     }
     for (int64_t l = 0; l < k->n_layers; l++) {
+        if (dm_interrupted()) {
+            s = dm_interrupt_status();
+            goto done;
+        }
         const dm_llm_layer *L = &m->layers[l];
         rmsnorm_forward(h, D, x, D, T, D, L->in_norm, eps);
         if (k->q_lora) {

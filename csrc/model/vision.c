@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/interrupt.h"
 #include "io/safetensors.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
@@ -269,6 +270,10 @@ static dm_status vision_encode_locked(dm_vision *v, const float *patches, int64_
 
     float *Q = R, *K = R + N * D, *V = R + 2 * N * D;
     for (int64_t i = 0; i < c->layers; i++) {
+        if (dm_interrupted()) {
+            st = dm_interrupt_status();
+            goto done;
+        }
         const dm_vision_layer *l = &v->layers[i];
         layernorm_forward(Hb, D, X, D, N, D, l->ln1_w, l->ln1_b, c->ln_eps);
         if ((st = dm_matmul(v->backend, Q, Hb, &l->q, &l->qb, N, 0))) goto done;
