@@ -15,6 +15,7 @@ typedef enum {
     DM_ERR_INDEX,    /* id or position out of range -> IndexError */
     DM_ERR_BACKEND,  /* oneDNN / OpenBLAS refused -> RuntimeError */
     DM_ERR_NOTIMPL,  /* not supported yet -> NotImplementedError */
+    DM_ERR_INTERRUPTED, /* stopped by the interrupt hook (core/interrupt.h) -> KeyboardInterrupt */
 } dm_status;
 
 /* Record a formatted message for the calling thread and return `status`. */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/interrupt.h"
 #include "io/safetensors.h"
 #include "model/params.h"
 #include "ops/attention.h"
@@ -433,8 +434,13 @@ dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t po
         s = DM_ERR_NOMEM;
         goto done;
     }
-    for (int64_t l = 0; l < k->n_layers; l++)
+    for (int64_t l = 0; l < k->n_layers; l++) {
+        if (dm_interrupted()) {
+            s = dm_interrupt_status();
+            goto done;
+        }
         if ((s = llm_layer_forward(m, l, x, T, pos0, kv[l], &b, NULL))) goto done;
+    }
     rmsnorm_forward(x, D, x, D, T, D, m->final_norm, (float)k->eps);
 done:
     if (s != DM_OK && s != DM_ERR_NOMEM) dm_fail_context(s, "language model layer forward: ");

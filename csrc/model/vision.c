@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/interrupt.h"
 #include "io/safetensors.h"
 #include "model/params.h"
 #include "ops/activation.h"
@@ -380,8 +381,13 @@ static dm_status vision_encode_locked(dm_vision *v, const float *patches, int64_
 
     int64_t n_seg = 0;
     if ((st = vision_embed(v, patches, gh, gw, X, R, cos_t, sin_t, perm, seg, &n_seg, rows, cols))) goto done;
-    for (int64_t i = 0; i < c->layers; i++)
+    for (int64_t i = 0; i < c->layers; i++) {
+        if (dm_interrupted()) {
+            st = dm_interrupt_status();
+            goto done;
+        }
         if ((st = vision_layer_forward(v, i, X, Hb, R, N, cos_t, sin_t, seg, n_seg, ws, ws_bytes, NULL))) goto done;
+    }
     layernorm_forward(Hb, D, X, D, N, D, v->post_ln_w, v->post_ln_b, c->ln_eps);
     if ((st = merger_forward(v, Y, Hb, M, R))) goto done;
     /* back from window order to the row-major merged grid */

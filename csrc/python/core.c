@@ -1,11 +1,15 @@
 /* Binding: build information, threads, and the raw matmul (for backend tests). */
 #include "python/binding.h"
 
+#include "core/interrupt.h"
 #include "core/threads.h"
 
 PyObject *dm_py_raise(dm_status status) {
     PyObject *exc;
+    /* The interrupt hook already set the signal handler's exception (KeyboardInterrupt). */
+    if (status == DM_ERR_INTERRUPTED && PyErr_Occurred()) return NULL;
     switch (status) {
+    case DM_ERR_INTERRUPTED: exc = PyExc_KeyboardInterrupt; break;
     case DM_ERR_TYPE: exc = PyExc_TypeError; break;
     case DM_ERR_IO: exc = PyExc_OSError; break;
     case DM_ERR_NOMEM: exc = PyExc_MemoryError; break;
@@ -133,6 +137,37 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw) {
     return (PyObject *)out;
 }
 
+/* Ctrl-C during long C loops (core/interrupt.h). Signals are handled by Python in the
+ * main thread only, so other threads never take the GIL here. In the main thread the
+ * GIL is re-acquired for the check: PyErr_CheckSignals runs the Python handler
+ * (KeyboardInterrupt by default, or the user's) and leaves its exception set for the
+ * binding to return once the loop has unwound. */
+static unsigned long dm_main_thread_id;
+
+static int py_interrupt_hook(void) {
+    if (PyThread_get_thread_ident() != dm_main_thread_id) return 0;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int stop = PyErr_CheckSignals() < 0;
+    PyGILState_Release(g);
+    return stop;
+}
+
+static int install_interrupt_hook(void) {
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (!threading) return -1;
+    PyObject *main = PyObject_CallMethod(threading, "main_thread", NULL);
+    Py_DECREF(threading);
+    if (!main) return -1;
+    PyObject *ident = PyObject_GetAttrString(main, "ident");
+    Py_DECREF(main);
+    if (!ident) return -1;
+    dm_main_thread_id = PyLong_AsUnsignedLong(ident);
+    Py_DECREF(ident);
+    if (PyErr_Occurred()) return -1;
+    dm_set_interrupt_hook(py_interrupt_hook);
+    return 0;
+}
+
 static PyMethodDef core_methods[] = {
     {"build_info", py_build_info, METH_NOARGS, "Versions of oneDNN/OpenBLAS, ISA, threads."},
     {"set_num_threads", py_set_num_threads, METH_O, "Set the thread count (0 = all cores)."},
@@ -142,4 +177,7 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int dm_py_register_core(PyObject *m) { return PyModule_AddFunctions(m, core_methods); }
+int dm_py_register_core(PyObject *m) {
+    if (install_interrupt_hook() < 0) return -1;
+    return PyModule_AddFunctions(m, core_methods);
+}
