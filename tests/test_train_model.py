@@ -24,7 +24,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import densemllm
 import densemllm.vision
@@ -52,7 +52,14 @@ IMG = (np.random.default_rng(7).random((64, 96, 3)) * 255).astype(np.uint8)  # 4
 
 def build(tmp_path, name, vision=None, **over):
     path = make_checkpoint(tmp_path / name, dtype="f32", vision=vision, **over)
-    sharpen(path, 4.0)
+    sharpen(path, 4.0)  # decoder attention projections (and the tower's q_proj)
+    # the tower's keys too: with N(0, 0.02) weights its attention is near uniform and a
+    # wrong window mask or 2D RoPE gradient would hardly move any gradient
+    st = load_file(str(path / "model.safetensors"))
+    for k, v in st.items():
+        if k.startswith("siglip2.") and ("self_attn.k_proj." in k or "self_attn.q_proj." in k):
+            st[k] = v * 6.0
+    save_file(st, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
 
 
@@ -117,8 +124,11 @@ def compare(tm, ref):
 CONFIGS = {
     # q_lora set, tied head, gelu-tanh tower, layer 0 windowed / layer 1 global
     "qlora_tied": dict(),
-    # q_lora null, untied head, exact-gelu tower, windowed layers on both sides of a global one
-    "direct_q_untied": dict(q_lora_rank=None, tie_word_embeddings=False,
+    # q_lora set with attention biases (q_a, kv_a, o), untied head
+    "qlora_bias_untied": dict(attention_bias=True, tie_word_embeddings=False),
+    # q_lora null, untied head, attention biases, exact-gelu tower, windowed layers on both
+    # sides of a global one
+    "direct_q_untied": dict(q_lora_rank=None, tie_word_embeddings=False, attention_bias=True,
                             vision=dict(hidden_act="gelu", num_hidden_layers=3, fullatt_block_indexes=[1])),
 }
 

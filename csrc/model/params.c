@@ -67,10 +67,11 @@ dm_status dm_params_load(dm_params *p, const dm_checkpoint *ck) {
     }
     if (st == DM_OK) {
         memset(p->data, 0, (size_t)p->total * 2 * sizeof(float));
-        int bad = -1;
-#pragma omp parallel for schedule(dynamic)
+        int64_t bad = -1; /* the last tensor that is not a float type, if any */
+#pragma omp parallel for schedule(dynamic) reduction(max : bad)
         for (int64_t i = 0; i < p->n; i++)
-            if (dm_tensor_to_f32(&views[i], p->data + p->entries[i].offset) != DM_OK) bad = (int)i;
+            if (!dm_to_f32_n(p->data + p->entries[i].offset, views[i].data, views[i].dtype, (size_t)p->entries[i].numel))
+                bad = i;
         if (bad >= 0)
             st = dm_fail(DM_ERR_TYPE, "%s: dtype %s is not a float type", p->entries[bad].name,
                          dm_dtype_name(views[bad].dtype));
