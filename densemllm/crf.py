@@ -4,6 +4,7 @@ GIL released, the project's thread count). Parameters and normalisation follow p
 definitions, defaults and the choices behind them: docs/crf.md."""
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 
@@ -11,10 +12,6 @@ import numpy as np
 
 from . import _core
 
-# pydensecrf's README example (DenseCRF2D.addPairwiseGaussian(sxy=3, compat=3),
-# addPairwiseBilateral(sxy=80, srgb=13, compat=10), inference(5)); docs/crf.md says why.
-DEFAULTS = dict(sxy_gaussian=3.0, compat_gaussian=3.0, sxy_bilateral=80.0, srgb=13.0,
-                compat_bilateral=10.0, iterations=5, clip=1e-5)
 # The paper's benchmark protocol (notes section 7): softmax over the classes at this
 # temperature, then the CRF, then argmax.
 TEMPERATURE = 0.2
@@ -85,6 +82,13 @@ def dense_crf(image, probs, sxy_gaussian=3.0, compat_gaussian=3.0, sxy_bilateral
         compat_bilateral=compat_bilateral,
         iterations=_number("iterations", iterations, integer=True),
         clip=_number("clip", clip))
+
+
+# The defaults of dense_crf's signature (the one place they are written): pydensecrf's README
+# example (DenseCRF2D.addPairwiseGaussian(sxy=3, compat=3), addPairwiseBilateral(sxy=80,
+# srgb=13, compat=10), inference(5)), unary_from_softmax's clip; docs/crf.md says why.
+DEFAULTS = {k: v.default for k, v in inspect.signature(dense_crf).parameters.items()
+            if v.default is not inspect.Parameter.empty}
 
 
 def crf_settings(crf_params=None) -> dict:

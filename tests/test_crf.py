@@ -224,12 +224,16 @@ def test_bad_inputs_name_the_value_and_bound():
     with pytest.raises(ValueError, match="must be finite"):
         dense_crf(image, p, srgb=float("nan"))
     # the core checks too (the binding is reachable without the wrapper)
+    from densemllm.crf import DEFAULTS
+
     with pytest.raises(ValueError, match=r"probs\[2, 3, 1\]"):
-        _core.crf_inference(image, bad, iterations=1)
+        _core.crf_inference(image, bad, **DEFAULTS)
     with pytest.raises(ValueError, match=r"expected shape \(8, 10, 3\)"):
-        _core.crf_inference(image[:, :5].copy(), p)
+        _core.crf_inference(image[:, :5].copy(), p, **DEFAULTS)
     with pytest.raises(TypeError, match="float32"):
-        _core.crf_inference(image, p.astype(np.float64))
+        _core.crf_inference(image, p.astype(np.float64), **DEFAULTS)
+    with pytest.raises(TypeError, match="pass every parameter"):
+        _core.crf_inference(image, p, iterations=1)
     with pytest.raises(TypeError, match=r"unknown key\(s\) \['sxy'\]"):
         crf_settings({"sxy": 3})
     with pytest.raises(ValueError, match="temperature"):

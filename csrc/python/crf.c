@@ -1,6 +1,9 @@
 /* Binding: DenseCRF mean-field refinement (densemllm/crf.py checks and converts first). */
 #include "python/binding.h"
 
+#include <math.h>
+#include <stdint.h>
+
 #include "dense/crf.h"
 
 /* crf_inference(image u8[h, w, 3] | None, probs f32[h, w, C], *, sxy_gaussian, compat_gaussian,
@@ -9,11 +12,16 @@ static PyObject *py_crf_inference(PyObject *self, PyObject *args, PyObject *kw) 
     static char *kwlist[] = {"image", "probs", "sxy_gaussian", "compat_gaussian", "sxy_bilateral", "srgb",
                              "compat_bilateral", "iterations", "clip", NULL};
     PyObject *im_obj, *p_obj;
-    crf_params p = {3.0f, 3.0f, 80.0f, 13.0f, 10.0f, 5, 1e-5f};
+    /* every parameter is required (the defaults live in densemllm/crf.py only) */
+    crf_params p = {NAN, NAN, NAN, NAN, NAN, INT32_MIN, NAN};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$fffffif", kwlist, &im_obj, &p_obj, &p.sxy_gaussian,
                                      &p.compat_gaussian, &p.sxy_bilateral, &p.srgb, &p.compat_bilateral,
                                      &p.iterations, &p.clip))
         return NULL;
+    if (isnan(p.sxy_gaussian) || isnan(p.compat_gaussian) || isnan(p.sxy_bilateral) || isnan(p.srgb) ||
+        isnan(p.compat_bilateral) || p.iterations == INT32_MIN || isnan(p.clip))
+        return PyErr_Format(PyExc_TypeError, "crf_inference: pass every parameter (sxy_gaussian, compat_gaussian, "
+                            "sxy_bilateral, srgb, compat_bilateral, iterations, clip), none may be NaN");
     if (!dm_py_check_array(p_obj, "probs", NPY_FLOAT32, 3)) return NULL;
     PyArrayObject *probs = (PyArrayObject *)p_obj;
     npy_intp h = PyArray_DIM(probs, 0), w = PyArray_DIM(probs, 1), C = PyArray_DIM(probs, 2);
