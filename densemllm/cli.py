@@ -153,7 +153,9 @@ def _gen(args):
 
 def _write_text(prefix, text):
     # surrounding blank lines of the answer (a random model writes many) are not kept
-    Path(f"{prefix}.txt").write_text(text.strip() + "\n", encoding="utf-8")
+    from ._atomic import atomic_write
+
+    atomic_write(Path(f"{prefix}.txt"), text.strip() + "\n")
 
 
 def _write(prefix, array, picture, text):

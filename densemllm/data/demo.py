@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path
 from . import default_model as dm
 from . import tables as T
 from .prompts import DEFAULT_CROP_SHORT_SIDE
@@ -117,15 +118,15 @@ def run_demo(out_dir="densemllm-demo", *, threads=None, image=None, index=DEMO_S
 
     def save(name, picture):
         p = out / f"demo.{name}.png"
-        tmp = p.with_suffix(".tmp.png")
-        picture.save(tmp)
-        tmp.replace(p)
+        with atomic_path(p) as tmp:
+            picture.save(tmp)
         files[name] = p
 
     save("image", Image.fromarray(rgb))
     # trained: the classes the model names; untrained: every class (a random model names none)
     seg = model.segment(rgb, list(T.CLASSES), all_classes=not trained, max_new_tokens=64)
-    np.save(out / "demo.segment.npy", seg.labels)
+    with atomic_path(out / "demo.segment.npy") as tmp:
+        np.save(tmp, seg.labels)
     # one colour per class of the table, the same in the prediction and the truth
     mapped = scene_labels(seg)
     save("segment", viz.overlay_labels(rgb, np.where(mapped >= 0, mapped, len(T.CLASSES)), [*T.CLASSES, "other"]))

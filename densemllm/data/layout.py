@@ -15,12 +15,11 @@ write never leaves a truncated file under its final name.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_open
 from . import tables as T
 from .scenes import Camera, Referring, Scene, SceneObject, heldout_scene, scene_dict
 
@@ -33,17 +32,8 @@ MAX_DEPTH_MM = 65535
 
 def _atomic(path: Path, write):
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb", fsync=False) as f:
+        write(f)
 
 
 def _png(path, array, mode=None):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write
 from . import default_model as dm
 from . import tables as T
 from .prompts import DEFAULT_CROP_SHORT_SIDE, TASKS, scene_examples
@@ -248,7 +249,7 @@ def train(out_dir, recipe: Recipe | None = None, *, threads=1, log=print, log_ev
     record = {"recipe": asdict(recipe), "steps": step + 1, "seconds": time.perf_counter() - t0,
               "seed": recipe.seed, "examples": (step + 1) * recipe.batch}
     ck = save_checkpoint(tm, out / "model", record)
-    (out / "record.json").write_text(json.dumps(record, indent=1))
+    atomic_write(out / "record.json", json.dumps(record, indent=1))
     return ck, record
 
 

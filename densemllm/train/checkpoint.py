@@ -15,7 +15,6 @@ not the checkpoint's) fail loudly on resume instead of loading wrong.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write
+
 __all__ = ["save_checkpoint", "read_state", "load_optimizer_arrays", "fingerprint", "TOKENIZER_FILES",
            "atomic_write"]
 
@@ -32,25 +33,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja", "generation_config.json", "preprocessor_config.json")
 STATE = "trainer_state.json"
 FORMAT = 1
-
-
-# A local atomic write (temp name in the same folder + os.replace). The coordinator:
-# densemllm/_atomic.py (branch i10) is the project's helper; switch to it after merging.
-def atomic_write(path, data):
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _encode(a, dtype):
