@@ -202,9 +202,13 @@ def test_tiny_and_huge_images():
     patches, grid, size = _core.preprocess(to_rgb_array(one), 36864, 16, 2)
     assert grid == (2, 2) and size == (32, 32)
     np.testing.assert_allclose(patches, 200 / 255 * 2 - 1, atol=1e-6)  # constant image stays constant
-    # 20000 x 20000: a zero-stride broadcast view (1.2 GB if it were real) shrinks
+    # 16000 x 16000: a zero-stride broadcast view (768 MB if it were real) shrinks
     # under max_num_patches; rows are streamed, nothing full-size is allocated.
-    huge = np.broadcast_to(np.array([10, 20, 30], np.uint8), (20000, 20000, 3))
+    # Above DM_MAX_IMAGE_PIXELS (2^28) the input is refused before any work.
+    too_big = np.broadcast_to(np.array([10, 20, 30], np.uint8), (20000, 20000, 3))
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        _core.preprocess(to_rgb_array(too_big), 1024, 16, 2)
+    huge = np.broadcast_to(np.array([10, 20, 30], np.uint8), (16000, 16000, 3))
     patches, grid, size = _core.preprocess(to_rgb_array(huge), 1024, 16, 2)
     assert grid[0] * grid[1] <= 1024 and size == (grid[0] * 16, grid[1] * 16)
     assert np.isfinite(patches).all()

@@ -78,7 +78,8 @@ def test_sample_uses_the_inference_prompt(ckpt):
     assert (e.labels[:n_prompt] == IGNORE_INDEX).all()
     ans = e.input_ids[n_prompt:]
     np.testing.assert_array_equal(e.labels[n_prompt:], ans)
-    assert model.tokenizer.decode(ans) == ANSWER + "<|im_end|>"  # the turn ends with its end-of-turn id
+    # the turn ends with the template's end-of-turn id (the Youtu template: <|end_of_text|>)
+    assert model.tokenizer.decode(ans) == ANSWER + "<|end_of_text|>"
     assert e.n_text == len(ans) and e.n_vision == 9
 
 
