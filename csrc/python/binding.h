@@ -25,6 +25,9 @@ PyObject *dm_py_raise(dm_status status);
 /* Require a C-contiguous, aligned ndarray of `type_num` with `ndim` dims (-1: any).
  * Raises TypeError/ValueError naming `what`; returns 0 on failure. Borrowed. */
 int dm_py_check_array(PyObject *obj, const char *what, int type_num, int ndim);
+/* Optional 1-D int64 array of length n (n < 0: any length): 1 and NULL data for None,
+ * 0 with an exception set on a wrong type or length. */
+int dm_py_opt_int64_array(PyObject *obj, const char *what, npy_intp n, const int64_t **data, npy_intp *len);
 
 /* View a float32 / uint16(=bf16 bits) ndarray as a 2-D weight tensor. */
 int dm_py_weight_view(PyObject *obj, const char *what, int is_bf16, dm_tensor *out);

@@ -181,3 +181,19 @@ int dm_py_register_core(PyObject *m) {
     if (install_interrupt_hook() < 0) return -1;
     return PyModule_AddFunctions(m, core_methods);
 }
+
+/* Optional 1-D int64 array of length n (n < 0: any length); NULL pointer for None. */
+int dm_py_opt_int64_array(PyObject *obj, const char *what, npy_intp n, const int64_t **data, npy_intp *len) {
+    *data = NULL;
+    if (len) *len = 0;
+    if (obj == Py_None) return 1;
+    if (!dm_py_check_array(obj, what, NPY_INT64, 1)) return 0;
+    npy_intp got = PyArray_DIM((PyArrayObject *)obj, 0);
+    if (n >= 0 && got != n) {
+        PyErr_Format(PyExc_ValueError, "%s: expected length %zd, got %zd", what, n, got);
+        return 0;
+    }
+    *data = PyArray_DATA((PyArrayObject *)obj);
+    if (len) *len = got;
+    return 1;
+}

@@ -6,25 +6,6 @@
 #include "core/threads.h"
 #include "train/ntpm.h"
 
-static const char *const variant_names[NTPM_VARIANT_COUNT] = {
-    "ntpm", "bce", "individual", "balanced", "focal", "ohem", "ntp_ce",
-};
-
-/* Optional 1-D int64 array of length n (n < 0: any length); NULL pointer for None. */
-static int int64_array(PyObject *obj, const char *what, npy_intp n, const int64_t **data, npy_intp *len) {
-    *data = NULL;
-    if (len) *len = 0;
-    if (obj == Py_None) return 1;
-    if (!dm_py_check_array(obj, what, NPY_INT64, 1)) return 0;
-    npy_intp got = PyArray_DIM((PyArrayObject *)obj, 0);
-    if (n >= 0 && got != n) {
-        PyErr_Format(PyExc_ValueError, "%s: expected length %zd, got %zd", what, n, got);
-        return 0;
-    }
-    *data = PyArray_DATA((PyArrayObject *)obj);
-    if (len) *len = got;
-    return 1;
-}
 
 /* ntpm_loss(logits, pos_offsets, pos_ids, *, valid_mask=None, valid_offsets=None,
  *           valid_ids=None, labels=None, k=32, variant="ntpm", reduction="sum",
@@ -66,7 +47,7 @@ static PyObject *py_ntpm_loss(PyObject *self, PyObject *args, PyObject *kw) {
     memset(&a, 0, sizeof a);
     a.variant = NTPM_VARIANT_COUNT;
     for (int v = 0; v < NTPM_VARIANT_COUNT; v++)
-        if (strcmp(variant, variant_names[v]) == 0) a.variant = (ntpm_variant)v;
+        if (strcmp(variant, ntpm_variant_names[v]) == 0) a.variant = (ntpm_variant)v;
     if (a.variant == NTPM_VARIANT_COUNT)
         return PyErr_Format(PyExc_ValueError,
                             "variant must be one of 'ntpm', 'bce', 'individual', 'balanced', 'focal', "
@@ -85,14 +66,14 @@ static PyObject *py_ntpm_loss(PyObject *self, PyObject *args, PyObject *kw) {
 
     npy_intp n_pos, n_valid;
     if (po_obj == Py_None) return PyErr_Format(PyExc_TypeError, "pos_offsets: expected a numpy.ndarray, got None");
-    if (!int64_array(po_obj, "pos_offsets", L + 1, &a.pos_offsets, NULL)) return NULL;
+    if (!dm_py_opt_int64_array(po_obj, "pos_offsets", L + 1, &a.pos_offsets, NULL)) return NULL;
     if (pi_obj == Py_None) return PyErr_Format(PyExc_TypeError, "pos_ids: expected a numpy.ndarray, got None");
-    if (!int64_array(pi_obj, "pos_ids", -1, &a.pos_ids, &n_pos)) return NULL;
-    if (!int64_array(vo_obj, "valid_offsets", L + 1, &a.valid_offsets, NULL)) return NULL;
-    if (!int64_array(vi_obj, "valid_ids", -1, &a.valid_ids, &n_valid)) return NULL;
+    if (!dm_py_opt_int64_array(pi_obj, "pos_ids", -1, &a.pos_ids, &n_pos)) return NULL;
+    if (!dm_py_opt_int64_array(vo_obj, "valid_offsets", L + 1, &a.valid_offsets, NULL)) return NULL;
+    if (!dm_py_opt_int64_array(vi_obj, "valid_ids", -1, &a.valid_ids, &n_valid)) return NULL;
     if ((vo_obj == Py_None) != (vi_obj == Py_None))
         return PyErr_Format(PyExc_ValueError, "valid_offsets and valid_ids go together");
-    if (!int64_array(labels_obj, "labels", L, &a.labels, NULL)) return NULL;
+    if (!dm_py_opt_int64_array(labels_obj, "labels", L, &a.labels, NULL)) return NULL;
     if (mask_obj != Py_None) {
         if (!dm_py_check_array(mask_obj, "valid_mask", NPY_UINT8, 1)) return NULL;
         if (PyArray_DIM((PyArrayObject *)mask_obj, 0) != V)

@@ -10,25 +10,7 @@
 #include "train/adamw.h"
 #include "train/loss.h"
 
-static const char *const head_variant_names[NTPM_VARIANT_COUNT] = {
-    "ntpm", "bce", "individual", "balanced", "focal", "ohem", "ntp_ce",
-};
 
-/* Optional 1-D int64 array; n >= 0 fixes its length. NULL data for None. */
-static int opt_i64(PyObject *obj, const char *what, npy_intp n, const int64_t **data, npy_intp *len) {
-    *data = NULL;
-    if (len) *len = 0;
-    if (obj == Py_None) return 1;
-    if (!dm_py_check_array(obj, what, NPY_INT64, 1)) return 0;
-    npy_intp got = PyArray_DIM((PyArrayObject *)obj, 0);
-    if (n >= 0 && got != n) {
-        PyErr_Format(PyExc_ValueError, "%s: expected length %zd, got %zd", what, n, got);
-        return 0;
-    }
-    *data = PyArray_DATA((PyArrayObject *)obj);
-    if (len) *len = got;
-    return 1;
-}
 
 /* Optional writable f32 [rows, cols] gradient buffer. */
 static int opt_grad(PyObject *obj, const char *what, npy_intp rows, npy_intp cols, float **data) {
@@ -113,7 +95,7 @@ static PyObject *py_head_ce(PyObject *self, PyObject *args, PyObject *kw) {
     Py_XDECREF(default_backend);
     if (!ok) return NULL;
     const int64_t *targets;
-    if (!opt_i64(t_obj, "targets", (npy_intp)hd.T, &targets, NULL)) return NULL;
+    if (!dm_py_opt_int64_array(t_obj, "targets", (npy_intp)hd.T, &targets, NULL)) return NULL;
     if (t_obj == Py_None) return PyErr_Format(PyExc_TypeError, "targets: expected a numpy.ndarray, got None");
     double loss = 0;
     int64_t n = 0, ws = 0;
@@ -159,7 +141,7 @@ static PyObject *py_head_ntpm(PyObject *self, PyObject *args, PyObject *kw) {
     memset(&a, 0, sizeof a);
     a.variant = NTPM_VARIANT_COUNT;
     for (int v = 0; v < NTPM_VARIANT_COUNT; v++)
-        if (strcmp(variant, head_variant_names[v]) == 0) a.variant = (ntpm_variant)v;
+        if (strcmp(variant, ntpm_variant_names[v]) == 0) a.variant = (ntpm_variant)v;
     if (a.variant == NTPM_VARIANT_COUNT)
         return PyErr_Format(PyExc_ValueError,
                             "variant must be one of 'ntpm', 'bce', 'individual', 'balanced', 'focal', 'ohem', "
@@ -167,24 +149,24 @@ static PyObject *py_head_ntpm(PyObject *self, PyObject *args, PyObject *kw) {
     if (po_obj == Py_None || pi_obj == Py_None)
         return PyErr_Format(PyExc_TypeError, "pos_offsets and pos_ids are required arrays");
     npy_intp n_off, n_pos, n_voff = 0, n_valid = 0;
-    if (!opt_i64(po_obj, "pos_offsets", -1, &a.pos_offsets, &n_off)) return NULL;
+    if (!dm_py_opt_int64_array(po_obj, "pos_offsets", -1, &a.pos_offsets, &n_off)) return NULL;
     if (n_off < 1) return PyErr_Format(PyExc_ValueError, "pos_offsets: need at least one entry (L + 1)");
     a.L = n_off - 1;
-    if (!opt_i64(pi_obj, "pos_ids", -1, &a.pos_ids, &n_pos)) return NULL;
+    if (!dm_py_opt_int64_array(pi_obj, "pos_ids", -1, &a.pos_ids, &n_pos)) return NULL;
     a.n_pos = n_pos;
-    if (!opt_i64(rows_obj, "rows", a.L, &a.rows, NULL)) return NULL;
+    if (!dm_py_opt_int64_array(rows_obj, "rows", a.L, &a.rows, NULL)) return NULL;
     if ((vo_obj == Py_None) != (vi_obj == Py_None))
         return PyErr_Format(PyExc_ValueError, "valid_offsets and valid_ids go together");
-    if (!opt_i64(vo_obj, "valid_offsets", -1, &a.valid_offsets, &n_voff)) return NULL;
-    if (!opt_i64(vi_obj, "valid_ids", -1, &a.valid_ids, &n_valid)) return NULL;
+    if (!dm_py_opt_int64_array(vo_obj, "valid_offsets", -1, &a.valid_offsets, &n_voff)) return NULL;
+    if (!dm_py_opt_int64_array(vi_obj, "valid_ids", -1, &a.valid_ids, &n_valid)) return NULL;
     if (vo_obj != Py_None) {
         if (n_voff < 1) return PyErr_Format(PyExc_ValueError, "valid_offsets: need at least one entry (n_sets + 1)");
         a.n_sets = n_voff - 1;
         a.n_valid = n_valid;
         if (a.n_sets == 0) a.valid_offsets = NULL, a.valid_ids = NULL;
     }
-    if (!opt_i64(ts_obj, "token_set", a.L, &a.token_set, NULL)) return NULL;
-    if (!opt_i64(lab_obj, "labels", a.L, &a.labels, NULL)) return NULL;
+    if (!dm_py_opt_int64_array(ts_obj, "token_set", a.L, &a.token_set, NULL)) return NULL;
+    if (!dm_py_opt_int64_array(lab_obj, "labels", a.L, &a.labels, NULL)) return NULL;
     if (k < 0) return PyErr_Format(PyExc_ValueError, "k must be >= 0, got %lld", k);
     a.k = k;
     a.gamma = gamma;

@@ -14,6 +14,10 @@
  *   double in token order, so results do not depend on threads. */
 #include "train/ntpm.h"
 
+const char *const ntpm_variant_names[NTPM_VARIANT_COUNT] = {
+    "ntpm", "bce", "individual", "balanced", "focal", "ohem", "ntp_ce",
+};
+
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>

@@ -22,6 +22,8 @@ typedef enum {
     NTPM_VARIANT_NTP_CE,     /* single-label softmax cross-entropy over the valid ids */
     NTPM_VARIANT_COUNT
 } ntpm_variant;
+/* Python-facing names of the variants, in enum order. */
+extern const char *const ntpm_variant_names[NTPM_VARIANT_COUNT];
 
 typedef enum {
     NTPM_REDUCE_SUM = 0,  /* sum of the token losses */
