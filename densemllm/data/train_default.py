@@ -22,7 +22,7 @@ from .._atomic import atomic_write
 from . import default_model as dm
 from . import tables as T
 from .prompts import DEFAULT_CROP_SHORT_SIDE, TASKS, scene_examples
-from .scenes import train_stream
+from .scenes import DEFAULT_SIZE, train_stream
 
 __all__ = ["Recipe", "example_stream", "vision_targets", "train", "save_checkpoint", "install", "evaluate_heldout"]
 
@@ -44,7 +44,7 @@ class Recipe:
     k: int = 32
     valid: str = "task"             # vision valid set: "task" (the task's ids) or "vocab" (every id, as the ablations)
     mix: dict = field(default_factory=lambda: {"segment": 0.35, "depth": 0.2, "core": 0.2, "ground": 0.25})
-    size: int = 128                 # scene side in pixels
+    size: int = DEFAULT_SIZE[0]     # scene side in pixels
     crop_short_side: int = DEFAULT_CROP_SHORT_SIDE
     time_limit_s: float | None = None  # stop early (reported) when the wall time is spent
 
