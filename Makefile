@@ -20,19 +20,35 @@ build: dev-check
 test: build
 	$(PY) -m pytest -q
 
-# AddressSanitizer + UBSan: a sanitized build of the extension in build/asan, a copy of the
-# package beside it, and the test suite run against that copy with libasan preloaded
-# (Python itself is not instrumented). Leak checking is off because CPython and torch
-# keep allocations alive at exit by design; memory errors and UB abort the run.
+# AddressSanitizer + UBSan + LeakSanitizer: a sanitized build of the extension in build/asan,
+# a copy of the package beside it, and the test suite run against that copy with libasan
+# preloaded (Python itself is not instrumented; libstdc++ is preloaded too so that C++
+# exceptions in other extensions work under the interceptors). PYTHONMALLOC=malloc puts
+# every Python object in malloc'd memory that LSan scans, so a core allocation owned by a
+# Python object is not reported as a leak. tests/lsan.supp names what other libraries keep
+# at exit; the core's own allocations are not suppressed. Every process writes its report
+# to build/asan/log (pytest's and the CLI tests' subprocesses alike) and any report fails
+# the target. A canary (a malloc through ctypes, never freed) must be reported, so a run
+# in which leak detection is off cannot pass.
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+STDCXX_LIB = $(shell gcc -print-file-name=libstdc++.so)
+ASAN_ENV = DENSEMLLM_EXPECT_SANITIZED=1 PYTHONMALLOC=malloc LD_PRELOAD="$(ASAN_LIB) $(STDCXX_LIB)" \
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:log_path=$(CURDIR)/build/asan/log/asan \
+  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 asan-test: dev-check
-	rm -rf build/asan && mkdir -p build/asan/pkg
+	rm -rf build/asan && mkdir -p build/asan/pkg build/asan/log
 	DENSEMLLM_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib build/asan/lib --build-temp build/asan/tmp
 	cp -r densemllm build/asan/pkg/ && rm -f build/asan/pkg/densemllm/_core*.so
 	cp build/asan/lib/$(EXT) build/asan/pkg/$(EXT)
-	cd build/asan/pkg && DENSEMLLM_EXPECT_SANITIZED=1 LD_PRELOAD=$(ASAN_LIB) \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(CURDIR)/tests $(ASAN_PYTEST_ARGS)
+	cd build/asan/pkg && $(ASAN_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider $(CURDIR)/tests $(ASAN_PYTEST_ARGS)
+	@if grep -l "ERROR: \|runtime error" build/asan/log/asan.* 2>/dev/null; then \
+	  echo "make: sanitizer reports above (build/asan/log)"; cat build/asan/log/asan.*; exit 1; fi
+	@echo "asan-test: no sanitizer report from any process (build/asan/log is empty)"
+	@cd build/asan/pkg && mkdir -p ../canary && $(ASAN_ENV) ASAN_OPTIONS=detect_leaks=1:log_path=../canary/asan \
+	  $(abspath $(PY)) -c "import ctypes; ctypes.CDLL(None).malloc(4096) ^ 0x5a5a" ; \
+	  grep -q "LeakSanitizer: detected memory leaks" ../canary/asan.* && echo "asan-test: leak canary reported (leak detection is on)" || \
+	  { echo "make: the leak canary was not reported: leak detection is not working"; exit 1; }
 
 # Coverage-guided fuzzing of the C parsers (safetensors header + its JSON grammar, RLE)
 # with libFuzzer + ASan + UBSan. Needs clang (Debian: apt-get install clang). Each target
@@ -70,5 +86,5 @@ portable-test: dev-check
 	DENSEMLLM_PORTABLE=1 $(PY) setup.py -q build_ext --build-lib build/portable/lib --build-temp build/portable/tmp
 	cp -r densemllm build/portable/pkg/ && rm -f build/portable/pkg/densemllm/_core*.so
 	cp build/portable/lib/$(EXT) build/portable/pkg/$(EXT)
-	cd build/portable/pkg && $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
+	cd build/portable/pkg && $(abspath $(PY)) -m pytest -q -p no:cacheprovider \
 	  $(addprefix $(CURDIR)/,$(PORTABLE_TESTS))

@@ -93,12 +93,12 @@ def test_errors_exit_2_with_a_message(tmp_path):
 def test_demo_says_weights_are_random(tmp_path):
     r = cli("demo", "--out-dir", tmp_path / "demo", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    from densemllm.data import default_model, tables
+    from densemllm.data import default_model, scenes, tables
 
     if default_model.trained_weights() is None:
         assert "RANDOM weights" in r.stdout
     labels = np.load(tmp_path / "demo" / "demo.segment.npy")
-    assert labels.shape == (128, 128) and labels.max() < len(tables.CLASSES)
+    assert labels.shape == scenes.DEFAULT_SIZE and labels.max() < len(tables.CLASSES)
     for name in ("image", "segment", "depth", "refer", "segment.truth", "depth.truth"):
         assert (tmp_path / "demo" / f"demo.{name}.png").is_file(), name
     assert "mIoU" in r.stdout

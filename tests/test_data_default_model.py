@@ -56,9 +56,10 @@ def test_dense_tasks_run_on_the_default_architecture(ckpt):
     m = densemllm.load(ckpt)
     s = scenes.heldout_scene(0)
     r = m.segment(s.image, list(T.CLASSES), max_new_tokens=4, all_classes=True)
-    assert r.labels.shape == s.labels.shape and r.logits.shape[:2] == (8, 8)  # 128 px / 16 px tokens
+    H, W = scenes.DEFAULT_SIZE
+    assert r.labels.shape == s.labels.shape and r.logits.shape[:2] == (H // 16, W // 16)  # 16 px tokens
     d = m.depth(s.image, T.DEPTH_DATASET, max_new_tokens=4)
-    assert d.bins.shape == (16, 16) and np.nanmax(d.depth) <= T.DEPTH_MAX_M
+    assert d.bins.shape == (H // 8, W // 8) and np.nanmax(d.depth) <= T.DEPTH_MAX_M
     ex = prompts.core_example(s, s.referring[0].object_id, np.random.default_rng(0))
     assert min(ex.image.shape[:2]) == prompts.DEFAULT_CROP_SHORT_SIDE and ex.mask.shape == ex.image.shape[:2]
     assert ex.mask.any()
@@ -84,10 +85,11 @@ def test_results_display_themselves(ckpt):
     m = densemllm.load(ckpt)
     s = scenes.heldout_scene(1)
     r = m.segment(s.image, list(T.CLASSES), max_new_tokens=2, all_classes=True)
+    H, W = s.labels.shape
     png = Image.open(io.BytesIO(r._repr_png_()))
-    assert png.size[1] == 128 and png.size[0] > 128  # the overlay and its legend
+    assert png.size[1] == H and png.size[0] > W  # the overlay and its legend
     # the overlay is drawn over the input image, not a blank canvas
-    np.testing.assert_array_equal(np.asarray(r.show())[:128, :128], np.asarray(
-        viz.overlay_labels(s.image, r.labels, r.class_names))[:128, :128])
+    np.testing.assert_array_equal(np.asarray(r.show())[:H, :W], np.asarray(
+        viz.overlay_labels(s.image, r.labels, r.class_names))[:H, :W])
     d = m.depth(s.image, T.DEPTH_DATASET, max_new_tokens=2)
-    assert Image.open(io.BytesIO(d._repr_png_())).size[0] > 128  # with its scale bar
+    assert Image.open(io.BytesIO(d._repr_png_())).size[0] > W  # with its scale bar

@@ -33,10 +33,12 @@ def test_segment_targets_are_multi_label_at_token_boundaries(model):
 
 def test_depth_targets_invert_the_dequantisation(model):
     ex = prompts.depth_example(scenes.heldout_scene(0))
-    pos, valid, single = vision_targets(model, ex, (128, 128), (16, 16))
+    H, W = scenes.DEFAULT_SIZE
+    pos, valid, single = vision_targets(model, ex, (H, W), (H // 8, W // 8))  # patch 8, merged tokens of 16 px
     bins = {model.tokenizer.token_to_id(f"<custom_{b}>"): b for b in range(1, 1001)}
     assert len(valid) == 1000
-    reg = ex.depth.reshape(8, 16, 8, 16).transpose(0, 2, 1, 3).reshape(64, 256)
+    reg = ex.depth.reshape(H // 16, 16, W // 16, 16).transpose(0, 2, 1, 3).reshape(-1, 256)
+    assert len(reg) == len(pos)
     for p, r in zip(pos, reg):
         v = r[r > 0]
         if not v.size:

@@ -59,6 +59,7 @@ def probe(path, dtype, name):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.rss
 def test_load_is_zero_copy(big):
     size = sum(f.stat().st_size for f in big.glob("*.safetensors"))
     assert size > 200 * MB

@@ -332,6 +332,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.rss
 def test_ntpm_memory_stays_within_the_budget():
     """Vocab 283386, 1024 vision tokens: the [L, V] f32 logits would be 1.16 GB. The
     call's peak RSS growth (VmHWM after a reset) must stay below the 64 MiB chunk

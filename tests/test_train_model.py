@@ -227,6 +227,7 @@ _PEAK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.rss
 def test_checkpointing_lowers_peak_memory(tmp_path):
     """Peak RSS growth of one step (VmHWM reset before it, fresh process each) with and
     without checkpointing, on a tower deep and wide enough that activations dominate."""
