@@ -74,3 +74,38 @@ def test_results_model_text():
     d = DepthResult(depth=np.zeros((4, 4), np.float32), bins=np.array([[1, 1], [5, 5]], np.int32),
                     text="This is the <depth>.")
     assert d.model_text() == "This is the <depth>.<mask>(1,2)(5,2)</mask>"
+
+
+# -- fuzzing the output grammar: any text built from its fragments parses or raises ParseError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+FRAGMENTS = ["<ref>", "</ref>", "<box>", "</box>", "<mask>", "</mask>", "<ins>", "</ins>", "<poly>", "</poly>",
+             "<x_", "<y_", ">", "<x_12>", "<y_7>", "<x_99999999999999999999>", "<y_-3>", "<BG>", "<FG>",
+             "(1,2)", "(", ")", ",", "0", "123", " ", "\n", "sky", "é", "\x00", "<", "</"]
+grammar_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=40).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=grammar_text, ids=st.lists(st.sampled_from([900, 901, 5, 6]), max_size=20))
+def test_grammar_fuzz_never_raises_other_errors(text, ids):
+    for parse in (parse_refs, parse_boxes, parse_detections, parse_polygons, parse_mask):
+        try:
+            parse(text)
+        except ParseError:
+            pass
+    try:
+        parse_refs(text, ids, FakeTok())
+    except ParseError:
+        pass
+    out = replace_mask(text, "(0,1)")
+    assert parse_mask(out) is not None
+    for box in (b for b in _try(parse_boxes, text) or []):
+        assert box[0] <= box[2] and box[1] <= box[3]
+
+
+def _try(f, *a):
+    try:
+        return f(*a)
+    except ParseError:
+        return None
