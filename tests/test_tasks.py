@@ -285,3 +285,16 @@ def test_vision_logits_equal_hidden_times_head_rows(tmp_path, tied):
     # f32 weights: the oneDNN path rounds activations to bf16 only for bf16 weights, so
     # this is f32 accumulation over 64 terms of O(1) values.
     np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_crop_window_bounds_the_aspect_ratio():
+    from densemllm.tasks.refer import MAX_CROP_ASPECT, crop_window
+
+    assert crop_window((10, 10, 49, 49), 192, 192) == (6, 6, 54, 54)  # 1.2 x a 40 px box, centred
+    # a 1 px wide, full-height box (what a weak model may answer): widened to 1:4, centred
+    x0, y0, x1, y1 = crop_window((100, 0, 100, 191), 192, 192)
+    assert (y0, y1) == (0, 192) and x1 - x0 == 192 / MAX_CROP_ASPECT and x0 <= 100 < x1
+    # near the border the widened window is shifted inside the image
+    assert crop_window((0, 5, 191, 5), 192, 192) == (0, 0, 192, 48)
+    # an image narrower than 1:4 itself keeps the whole short side
+    assert crop_window((0, 0, 3, 399), 4, 400) == (0, 0, 4, 400)

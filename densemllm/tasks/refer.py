@@ -1,6 +1,8 @@
 """Referring segmentation, grounding then core target (notes 7, paper App. D.2)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _core
@@ -12,6 +14,7 @@ from .common import (check_image, check_task_keywords, grid_logits, merged_px, o
 GROUND_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}"
 CORE_PROMPT = "Segment the core target."
 PAD = 1.2
+MAX_CROP_ASPECT = 4.0  # long side / short side of a core-target crop at most (see crop_window)
 
 
 def _colour(box_color, rng):
@@ -41,15 +44,30 @@ def draw_box(rgb, box, colour):
     return out
 
 
-def crop_window(box, W, H, pad=PAD):
+def _widen(lo, hi, need, limit):
+    """[lo, hi) grown to ``need`` pixels around its centre, shifted to fit [0, limit)."""
+    if hi - lo >= need:
+        return lo, hi
+    need = min(need, limit)
+    lo = max(0, min((lo + hi - need) // 2, limit - need))
+    return lo, lo + need
+
+
+def crop_window(box, W, H, pad=PAD, max_aspect=MAX_CROP_ASPECT):
     """A window ``pad`` times the box (pixel extent x1-x0+1) around its centre, clamped
-    to the image: (x0, y0, x1, y1) with x1/y1 exclusive."""
+    to the image: (x0, y0, x1, y1) with x1/y1 exclusive. Its short side is then widened
+    (within the image) to at least 1/``max_aspect`` of its long side: a thin box (a
+    weak model's answer, or a pole) would otherwise become a crop whose short-side
+    resize is longer than the model's context."""
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1 + 1) / 2.0, (y0 + y1 + 1) / 2.0
     hw, hh = pad * (x1 - x0 + 1) / 2.0, pad * (y1 - y0 + 1) / 2.0
     a, b = max(0, int(round(cx - hw))), min(W, int(round(cx + hw)))
     c, d = max(0, int(round(cy - hh))), min(H, int(round(cy + hh)))
-    return a, c, max(b, a + 1), max(d, c + 1)
+    b, d = max(b, a + 1), max(d, c + 1)
+    a, b = _widen(a, b, math.ceil((d - c) / max_aspect), W)
+    c, d = _widen(c, d, math.ceil((b - a) / max_aspect), H)
+    return a, c, b, d
 
 
 def nearest(labels, h, w):
