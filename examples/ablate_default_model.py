@@ -4,7 +4,7 @@ model trained for the same fixed budget with NTP-M (k = 8, 32, 128), the individ
 the majority class), then the held-out segmentation mIoU of its dense readout.
 
     python examples/ablate_default_model.py --out runs/ablation [--steps 100] [--batch 8]
-        [--seed 0] [--eval-n 50] [--only ntpm-32,bce]
+        [--seed 0] [--eval-n 50] [--size 192] [--only ntpm-32,bce]
 
 Budget: every variant trains --steps x --batch segmentation examples from the same
 seeded stream (same scenes, prompts and init; only the vision loss differs; the text
@@ -31,7 +31,7 @@ PAPER = {"ntpm-8": "50.79 (Table 7)", "ntpm-32": "51.21 (Tables 3, 4, 7)", "ntpm
          "individual": "32.7 (Table 3, Indiv. Mean)", "bce": "16.7 (Table 3)", "ntp": "35.33 (Table 4, NTP)"}
 
 
-def heldout_miou(model_dir, n, threads=1):
+def heldout_miou(model_dir, n, threads=1, size=None):
     import densemllm
     from densemllm.data import heldout_scene, tables
     from densemllm.eval.metrics import SegMetric
@@ -40,13 +40,14 @@ def heldout_miou(model_dir, n, threads=1):
     metric = SegMetric(len(tables.CLASSES), tables.IGNORE_INDEX, tables.CLASSES)
     stats = []
     for i in range(n):
-        s = heldout_scene(i)
+        s = heldout_scene(i, size=size)
         r = m.segment(s.image, list(tables.CLASSES), all_classes=True, max_new_tokens=1)
         stats.append(metric.image_stats(r.labels.astype(np.int64), s.labels.astype(np.int64)))
     return metric.reduce(stats)
 
 
 def main(argv=None):
+    from densemllm._atomic import atomic_write
     from densemllm.data.train_default import Recipe, train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +57,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-n", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", type=int, default=Recipe.size, help="scene side in pixels (training and held-out)")
     ap.add_argument("--only", default=None, help="comma-separated subset of " + ", ".join(VARIANTS))
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -69,14 +71,14 @@ def main(argv=None):
             continue
         t0 = time.perf_counter()
         recipe = Recipe(seed=a.seed, steps=a.steps, batch=a.batch, loss=loss, k=k, warmup=max(1, a.steps // 10),
-                        mix={"segment": 1.0}, valid="vocab")
+                        mix={"segment": 1.0}, valid="vocab", size=a.size)
         ck, rec = train(out / name, recipe, threads=a.threads, log=lambda *x: None, save_every=0)
-        met = heldout_miou(ck, a.eval_n, a.threads)
+        met = heldout_miou(ck, a.eval_n, a.threads, (a.size, a.size))
         results[name] = {"loss": loss, "k": k, "mIoU": met["mIoU"], "aAcc": met["aAcc"],
                          "train_seconds": rec["seconds"], "seconds": time.perf_counter() - t0}
-        res_path.write_text(json.dumps(results, indent=1))
+        atomic_write(res_path, json.dumps(results, indent=1))
         print(f"{name}: mIoU {met['mIoU']:.1f} (train {rec['seconds']:.0f} s)", flush=True)
-    print(f"\nbudget: {a.steps} steps x {a.batch} segmentation examples, seed {a.seed}; "
+    print(f"\nbudget: {a.steps} steps x {a.batch} segmentation examples of {a.size} px, seed {a.seed}; "
           f"held-out: first {a.eval_n} scenes\n")
     print("| variant | loss | k | mIoU (ours) | paper (ADE20K mIoU) |\n| --- | --- | --- | --- | --- |")
     for name in VARIANTS:

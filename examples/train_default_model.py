@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from densemllm._atomic import atomic_write
 from densemllm.data import layout
 from densemllm.data.train_default import Recipe, evaluate_heldout, install, train
 
@@ -49,7 +50,7 @@ def main(argv=None):
         for name, m in record["heldout"].items():
             print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}))
     record["total_seconds"] = time.perf_counter() - t0
-    (out / "record.json").write_text(json.dumps(record, indent=1))
+    atomic_write(out / "record.json", json.dumps(record, indent=1))
     print(f"wall time {record['total_seconds']:.0f} s; record: {out / 'record.json'}")
     if a.install:
         print("installed", install(ck))
