@@ -53,7 +53,8 @@ def main(argv=None):
     atomic_write(out / "record.json", json.dumps(record, indent=1))
     print(f"wall time {record['total_seconds']:.0f} s; record: {out / 'record.json'}")
     if a.install:
-        print("installed", install(ck))
+        held = dict(record["heldout"], n_scenes=a.eval_n) if "heldout" in record else None
+        print("installed", install(ck, held))
     return 0
 
 

@@ -93,3 +93,27 @@ def test_results_display_themselves(ckpt):
         viz.overlay_labels(s.image, r.labels, r.class_names))[:H, :W])
     d = m.depth(s.image, T.DEPTH_DATASET, max_new_tokens=2)
     assert Image.open(io.BytesIO(d._repr_png_())).size[0] > W  # with its scale bar
+
+
+def test_install_puts_weights_and_heldout_metrics_beside_the_package_files(tmp_path, ckpt):
+    import shutil
+
+    from densemllm.data import demo, train_default
+
+    dest = tmp_path / "pkg"
+    dest.mkdir()
+    for f in dm.PACKAGE_FILES:
+        shutil.copyfile(dm.DEFAULT_DIR / f, dest / f)
+    assert dm.trained_weights(dest) is None and dm.heldout_metrics(dest) == {}
+    held = {"scenes": {"mIoU": 12.5}, "scenes_depth": {"d1": 0.25}, "n_scenes": 3}
+    train_default.install(ckpt, held, dest=dest)
+    assert dm.trained_weights(dest) == dest / dm.WEIGHTS
+    assert dm.heldout_metrics(dest) == held
+    line = demo.held_out_line(held)
+    assert "3 procedural scenes" in line and "mIoU 12.5 (aim 80.0)" in line and "delta1 0.250 (aim 0.900)" in line
+    assert "cIoU" not in line  # not measured -> not printed
+    train_default.install(ckpt, None, dest=dest)  # new weights without metrics: the old metrics go
+    assert dm.heldout_metrics(dest) == {}
+    (dest / "config.json").write_text(json.dumps({"model_type": "other"}))
+    with pytest.raises(ValueError, match="not the default model's config"):
+        train_default.install(ckpt, held, dest=dest)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["TEXT", "VISION", "DEFAULT_DIR", "WEIGHTS", "tokenizer_json", "train_init", "make_default_checkpoint",
-           "write_package_files", "trained_weights", "default_model_dir", "DefaultModelMissing"]
+           "write_package_files", "trained_weights", "default_model_dir", "DefaultModelMissing", "heldout_metrics",
+           "training_record", "HELDOUT"]
 
 # patch 8 px, 2x2 merge -> one vision token per 16x16 px; windows of 64 px = 4x4 merged
 # tokens; layers 2 and 5 attend globally (as Youtu-VL's fullatt_block_indexes).
@@ -40,6 +41,7 @@ BPE_VOCAB = 1024  # byte-level BPE merges (the special and task tokens come on t
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
 WEIGHTS = "model.safetensors"
+HELDOUT = "heldout.json"  # the shipped weights' held-out metrics (written by train_default.install)
 PACKAGE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
@@ -140,6 +142,15 @@ def default_model_dir():
             "Train it with `python examples/train_default_model.py` (docs/default-model.md), or pass a "
             "checkpoint directory to densemllm.load(PATH).")
     return DEFAULT_DIR
+
+
+def heldout_metrics(dir=DEFAULT_DIR) -> dict:
+    """The held-out metrics recorded when the weights in ``dir`` were installed
+    ({dataset: {metric: value}}, plus "n_scenes"); empty when there are none."""
+    p = Path(dir) / HELDOUT
+    if trained_weights(dir) is None or not p.is_file():
+        return {}
+    return json.loads(p.read_text(encoding="utf-8"))
 
 
 def training_record(dir=DEFAULT_DIR) -> dict:

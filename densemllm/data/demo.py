@@ -31,6 +31,18 @@ OUT_OF_WORLD = ("Note: the default model only knows the procedural world it was 
                 "ground and {} objects); on other images its answers are not meaningful.")
 
 
+# The default model's aims (docs/default-model.md): (dataset, metric, label, format, aim).
+AIMS = (("scenes", "mIoU", "mIoU", "{:.1f}", 80.0), ("scenes_depth", "d1", "depth delta1", "{:.3f}", 0.90),
+        ("scenes_refer", "cIoU", "referring cIoU", "{:.3f}", 0.75))
+
+
+def held_out_line(held):
+    """One line of the shipped model's recorded held-out metrics beside its aims."""
+    parts = [f"{label} {fmt.format(held[name][key])} (aim {fmt.format(aim)})"
+             for name, key, label, fmt, aim in AIMS if key in held.get(name, {})]
+    return f"its held-out metrics ({held.get('n_scenes', '?')} procedural scenes, densemllm eval): " + ", ".join(parts)
+
+
 def scene_labels(seg):
     """A SegmentResult's labels as tables.CLASSES indices (-1 = a name outside the table)."""
     lut = np.array([T.CLASSES.index(n) if n in T.CLASSES else -1 for n in seg.class_names] + [-1], np.int64)
@@ -77,6 +89,9 @@ def _model(out, threads, log, model=None):
         rec = dm.training_record()
         log(f"model: the trained default model ({dm.DEFAULT_DIR}); "
             f"trained {rec.get('steps', '?')} steps, seed {rec.get('seed', '?')} (docs/default-model.md)")
+        held = dm.heldout_metrics()
+        if held:
+            log(held_out_line(held))
         return densemllm.load(threads=threads), True
     log(UNTRAINED.format(dm.DEFAULT_DIR / dm.WEIGHTS))
     ck = dm.make_default_checkpoint(out / "untrained-default-model", seed=0, dtype="bf16")

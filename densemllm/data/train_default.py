@@ -167,19 +167,26 @@ def save_checkpoint(tm, out_dir, record, dtype="bf16"):
     return out
 
 
-def install(checkpoint_dir):
-    """Copy a trained checkpoint's weights into the package (densemllm/models/default/):
-    the one file that turns the embedded default model on. Its config must be the
-    package's."""
+def install(checkpoint_dir, heldout=None, dest=None):
+    """Copy a trained checkpoint's weights into the package (densemllm/models/default/,
+    or ``dest``): the one file that turns the embedded default model on. Its config must
+    be the package's. ``heldout``: its held-out metrics ({dataset: metrics}, as
+    :func:`evaluate_heldout` returns, plus "n_scenes"), stored beside the weights
+    (default_model.HELDOUT) so the demo can say how good the model is; any previous
+    metrics file is removed with the old weights."""
     import shutil
 
     src = Path(checkpoint_dir)
-    if json.loads((src / "config.json").read_text()) != json.loads((dm.DEFAULT_DIR / "config.json").read_text()):
+    dest = Path(dest) if dest is not None else dm.DEFAULT_DIR
+    if json.loads((src / "config.json").read_text()) != json.loads((dest / "config.json").read_text()):
         raise ValueError(f"{src}/config.json is not the default model's config; refusing to install")
-    tmp = dm.DEFAULT_DIR / (dm.WEIGHTS + ".tmp")
+    (dest / dm.HELDOUT).unlink(missing_ok=True)
+    tmp = dest / (dm.WEIGHTS + ".tmp")
     shutil.copyfile(src / dm.WEIGHTS, tmp)
-    tmp.replace(dm.DEFAULT_DIR / dm.WEIGHTS)
-    return dm.DEFAULT_DIR / dm.WEIGHTS
+    tmp.replace(dest / dm.WEIGHTS)
+    if heldout is not None:
+        atomic_write(dest / dm.HELDOUT, json.dumps(heldout, indent=1, sort_keys=True))
+    return dest / dm.WEIGHTS
 
 
 def train(out_dir, recipe: Recipe | None = None, *, threads=1, log=print, log_every=20, save_every=200):
