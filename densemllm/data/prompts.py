@@ -44,9 +44,9 @@ SEGMENT_ANSWER = ("The target categories include {refs}, numbered sequentially s
 DEPTH_ANSWER = "This is the <depth>.<mask>"
 CORE_ANSWER = "The results are 0 for <ref><BG></ref> and 1 for <ref><FG></ref>.<mask>"
 TASKS = ("segment", "depth", "ground", "core")
-# The core-target crop's short side for the small default model: its training scenes are
-# 128 px, so a 128 px crop keeps the crop's token count in the range it was trained on
-# (the paper's 1280 is for the 4B model at x4 input).
+# The core-target crop's short side for the small default model: 128 px = 8 merged tokens,
+# below the 12x12 tokens of its 192 px scenes, so crops stay in the token counts it trains
+# on (the paper's 1280 is for the 4B model at x4 input).
 DEFAULT_CROP_SHORT_SIDE = 128
 
 
