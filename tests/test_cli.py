@@ -97,6 +97,10 @@ def test_demo_says_weights_are_random(tmp_path):
 
     if default_model.trained_weights() is None:
         assert "RANDOM weights" in r.stdout
+    else:  # the shipped model: no untrained label, and its recorded held-out metrics beside the aims
+        assert "UNTRAINED" not in r.stdout and "RANDOM" not in r.stdout
+        n = default_model.heldout_metrics()["n_scenes"]
+        assert f"its held-out metrics ({n} procedural scenes" in r.stdout and "(aim 80.0)" in r.stdout
     labels = np.load(tmp_path / "demo" / "demo.segment.npy")
     assert labels.shape == scenes.DEFAULT_SIZE and labels.max() < len(tables.CLASSES)
     for name in ("image", "segment", "depth", "refer", "segment.truth", "depth.truth"):
