@@ -37,17 +37,24 @@ def makefile_sources():
 TARGETS = makefile_sources()
 
 
+def plain_env(**extra):
+    # Under `make asan-test` this process runs with libasan preloaded and the suite's
+    # sanitizer options; gcc and the driver (which links its own runtime) must not inherit them.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "PYTHONMALLOC")}
+    return dict(env, **extra)
+
+
 def build(tmp_path, name, harness, sources):
     exe = tmp_path / f"fuzz_{name}"
     cmd = ["gcc", *CFLAGS, "-o", str(exe), str(harness), str(FUZZ / "driver.c"), *(str(ROOT / s) for s in sources)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=plain_env())
     assert r.returncode == 0, r.stderr
     return exe
 
 
 def run(exe, corpus, seconds, seed=1):
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1")
-    env.pop("LD_PRELOAD", None)  # under `make asan-test` the driver links its own runtime
+    env = plain_env(ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1")
     return subprocess.run([str(exe), str(seconds), str(seed), str(corpus)], capture_output=True, text=True,
                           cwd=exe.parent, env=env, timeout=seconds + 120)
 
