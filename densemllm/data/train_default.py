@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_write
+from .._atomic import atomic_path, atomic_write
 from . import default_model as dm
 from . import tables as T
 from .prompts import DEFAULT_CROP_SHORT_SIDE, TASKS, scene_examples
@@ -181,9 +181,8 @@ def install(checkpoint_dir, heldout=None, dest=None):
     if json.loads((src / "config.json").read_text()) != json.loads((dest / "config.json").read_text()):
         raise ValueError(f"{src}/config.json is not the default model's config; refusing to install")
     (dest / dm.HELDOUT).unlink(missing_ok=True)
-    tmp = dest / (dm.WEIGHTS + ".tmp")
-    shutil.copyfile(src / dm.WEIGHTS, tmp)
-    tmp.replace(dest / dm.WEIGHTS)
+    with atomic_path(dest / dm.WEIGHTS) as tmp:
+        shutil.copyfile(src / dm.WEIGHTS, tmp)
     if heldout is not None:
         atomic_write(dest / dm.HELDOUT, json.dumps(heldout, indent=1, sort_keys=True))
     return dest / dm.WEIGHTS
