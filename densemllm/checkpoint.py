@@ -177,7 +177,7 @@ def _resolve_dtype(ckpt, dtype):
     raise ValueError(f"dtype must be 'auto', 'bf16' or 'f32', got {dtype!r}")
 
 
-def load(path=None, dtype="auto", threads=None, backend=None):
+def load(path=None, dtype="auto", threads=None, backend=None, preload=False):
     """Load a checkpoint directory and return a :class:`densemllm.Model`.
 
     ``path=None`` loads the small default model embedded in the package (trained on
@@ -190,7 +190,10 @@ def load(path=None, dtype="auto", threads=None, backend=None):
     "bf16" converts f32/f16 files to owned bf16 copies, "f32" makes owned float32
     copies (2x the memory of a bf16 file). ``threads``: thread count for all heavy
     work (None: leave as is). ``backend``: "onednn" (default) or "openblas"; the
-    environment variable DENSEMLLM_BACKEND sets the default.
+    environment variable DENSEMLLM_BACKEND sets the default. ``preload=True``
+    faults the mapped weights in now (read from disk if the page cache lost them,
+    page tables filled), so the first call runs as fast as later ones; without it
+    pages are mapped on first use.
     """
     import os
 
@@ -239,4 +242,6 @@ def load(path=None, dtype="auto", threads=None, backend=None):
     ckpt = open_checkpoint(path)
     check_weights(ckpt, config, str(path))
     model_dtype = _resolve_dtype(ckpt, dtype)
+    if preload:
+        ckpt.preload()
     return Model(path, config, tokenizer, ckpt, model_dtype, backend, _core.get_num_threads())

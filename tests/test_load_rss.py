@@ -28,10 +28,10 @@ def reset_peak():
         f.write("5")
 
 import densemllm
-path, dtype, name = sys.argv[1], sys.argv[2], sys.argv[3]
+path, dtype, name, preload = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 reset_peak()
 before = mem()
-m = densemllm.load(path, dtype=dtype)
+m = densemllm.load(path, dtype=dtype, preload=preload)
 loaded = mem()
 reset_peak()
 a = m._checkpoint.get(name)
@@ -52,8 +52,9 @@ def big(tmp_path_factory):
                            kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64)
 
 
-def probe(path, dtype, name):
-    r = subprocess.run([sys.executable, "-c", PROBE, str(path), dtype, name], capture_output=True, text=True,
+def probe(path, dtype, name, preload=False):
+    r = subprocess.run([sys.executable, "-c", PROBE, str(path), dtype, name, "1" if preload else "0"],
+                       capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -86,3 +87,18 @@ def test_f32_copies_are_visible(big):
     grow = r["loaded"]["VmRSS"] - r["before"]["VmRSS"]
     print(f"dtype='f32': RSS grows by {grow / MB:.0f} MB for a {size / MB:.0f} MB bf16 file")
     assert grow > 1.8 * size
+
+
+@pytest.mark.rss
+def test_preload_maps_the_weights_without_copying(big):
+    """load(preload=True): every mapped weight page is resident when load returns
+    (RSS grows by the file, >= 90% of it), and still no copy (< file + 10%);
+    reading a tensor afterwards adds nothing (its pages are mapped already)."""
+    size = sum(f.stat().st_size for f in big.glob("*.safetensors"))
+    r = probe(big, "auto", "model.layers.3.mlp.down_proj.weight", preload=True)
+    grow_load = r["loaded"]["VmRSS"] - r["before"]["VmRSS"]
+    grow_touch = r["touched"]["VmHWM"] - r["loaded"]["VmRSS"]
+    print(f"preload: RSS grows by {grow_load / MB:.0f} MB for a {size / MB:.0f} MB file; "
+          f"reading a tensor then adds {grow_touch / MB:.1f} MB")
+    assert 0.9 * size < grow_load < 1.1 * size
+    assert grow_touch < 4 * MB

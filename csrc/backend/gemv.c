@@ -24,19 +24,11 @@ int dm_gemv_applies(dm_backend backend, const dm_tensor *w, int64_t M) {
 
 #ifdef DM_GEMV_AVX512
 static inline __m512 load_w(const void *w, int is_bf16, int64_t k) {
-    if (is_bf16) {
-        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    return _mm512_loadu_ps((const float *)w + k);
+    return dm_load16_f32((const char *)w + (size_t)k * (is_bf16 ? 2 : 4), is_bf16);
 }
 
 static inline __m512 load_w_tail(const void *w, int is_bf16, int64_t k, __mmask16 mk) {
-    if (is_bf16) {
-        __m256i h = _mm256_maskz_loadu_epi16(mk, (const uint16_t *)w + k);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    return _mm512_maskz_loadu_ps(mk, (const float *)w + k);
+    return dm_load16_f32_mask((const char *)w + (size_t)k * (is_bf16 ? 2 : 4), is_bf16, mk);
 }
 
 /* One weight row against M activation rows; two accumulator sets hide FMA latency. */

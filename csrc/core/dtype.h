@@ -49,4 +49,21 @@ void dm_f16_to_f32_n(float *dst, const uint16_t *src, size_t n);
 /* Convert n elements of a float-kind dtype (F32, BF16, F16) to f32. */
 int dm_to_f32_n(float *dst, const void *src, dm_dtype t, size_t n);
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+/* 16 weights at p (bf16 widened exactly by a shift, or f32) as f32; the masked
+ * form reads only the lanes of mk (zeros elsewhere). For kernels that read bf16
+ * or f32 weight rows in place. */
+static inline __m512 dm_load16_f32(const void *p, int is_bf16) {
+    if (is_bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+    return _mm512_loadu_ps((const float *)p);
+}
+static inline __m512 dm_load16_f32_mask(const void *p, int is_bf16, __mmask16 mk) {
+    if (is_bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, p)), 16));
+    return _mm512_maskz_loadu_ps(mk, (const float *)p);
+}
+#endif
+
 #endif

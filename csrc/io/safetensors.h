@@ -51,6 +51,11 @@ dm_status dm_checkpoint_narrow_bf16(dm_checkpoint *c);
  * FileNotFoundError / PermissionError. */
 int dm_checkpoint_open_errno(void);
 
+/* Bring every still-mapped tensor's pages into memory and map them
+ * (MADV_WILLNEED, then one read per page, in parallel), so the first forward
+ * pass takes no page faults. Returns the bytes covered. */
+int64_t dm_checkpoint_preload(dm_checkpoint *c);
+
 /* Number of files and the path of the i-th. */
 int dm_checkpoint_file_count(const dm_checkpoint *c);
 const char *dm_checkpoint_file(const dm_checkpoint *c, int i);

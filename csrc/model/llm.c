@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "model/params.h"
 #include "ops/attention.h"
+#include "ops/mla.h"
 #include "ops/norm.h"
 #include "ops/swiglu.h"
 
@@ -222,32 +223,47 @@ dm_status dm_llm_head(const dm_llm *m, const float *x, int64_t M, float *logits)
 
 /* ---- attention ---------------------------------------------------------- */
 
-/* Row r of a 2-D float weight widened into dst[n] (n = row length). */
-static void weight_row(const dm_tensor *w, int64_t r, float *dst) {
-    const int64_t n = w->shape[1];
-    const char *base = (const char *)w->data + (size_t)(r * n) * dm_dtype_size(w->dtype);
-    dm_to_f32_n(dst, base, w->dtype, (size_t)n);
+/* Inference scratch of the layer loop, carved from one dm_llm_work block and
+ * reused by every layer (and by later calls: no page faults once warm). */
+typedef struct {
+    float *h, *qa, *q, *ckv, *ao, *g, *u;
+    int absorbed;
+    float *lat, *kvx, *K, *V; /* expanded attention */
+    float *qabs, *lo;         /* absorbed attention */
+    void *attn_ws;            /* attention_forward's K/V packs or the MLA block states */
+    size_t attn_ws_bytes;
+} llm_scratch;
+
+/* Token rows per absorbed-attention call (its kernel takes <= DM_MLA_MAX_ROWS query rows). */
+static int64_t absorbed_group(const dm_llm *m) {
+    const int64_t g = DM_MLA_MAX_ROWS / m->cfg.n_heads;
+    return g > 0 ? g : 1;
+}
+
+static dm_attn_args expanded_args(const dm_llm *m, int64_t T, int64_t Tk) {
+    const dm_llm_config *k = &m->cfg;
+    return (dm_attn_args){.Tq = T, .Tk = Tk, .H = (int)k->n_heads, .Hkv = (int)m->kv_groups,
+                          .Dk = (int)(k->nope + k->rope), .Dv = (int)k->vdim, .scale = m->scale, .causal = 1};
+}
+
+static dm_mla_args absorbed_args(const dm_llm *m, int64_t T, int64_t Tk) {
+    const dm_llm_config *k = &m->cfg;
+    return (dm_mla_args){.T = T, .Tk = Tk, .H = (int)k->n_heads, .hpg = (int)(k->n_heads / m->kv_groups),
+                         .C = (int)k->kv_lora, .R = (int)k->rope, .nope = (int)k->nope, .vdim = (int)k->vdim,
+                         .scale = m->scale};
 }
 
 /* Expanded MLA: K/V for all Tk cached tokens through kv_b, then attention.
  * la set (training, Tk == T): the latent, kv_b output, K, V and the attention's
- * log-sum-exp go to la instead of temporaries. */
+ * log-sum-exp go to la; else the buffers are b's. */
 static dm_status attn_expanded(const dm_llm *m, const dm_llm_layer *L, const float *q, const float *kv,
-                               int64_t T, int64_t Tk, float *out, dm_llm_layer_acts *la) {
+                               int64_t T, int64_t Tk, float *out, dm_llm_layer_acts *la, const llm_scratch *b) {
     const dm_llm_config *k = &m->cfg;
     const int64_t G = m->kv_groups, C = k->kv_lora, R = k->rope, D = C + R;
     const int64_t qk = k->nope + R, nv = k->nope + k->vdim;
-    float *lat = la ? la->lat : dm_alloc((size_t)(Tk * C), sizeof(float), "attention latent");
-    float *kvx = la ? la->kvx : dm_alloc((size_t)(Tk * G * nv), sizeof(float), "attention kv");
-    float *K = la ? la->K : dm_alloc((size_t)(Tk * G * qk), sizeof(float), "attention keys");
-    float *Vv = la ? la->V : dm_alloc((size_t)(Tk * G * k->vdim), sizeof(float), "attention values");
-    dm_status s = DM_OK;
-    if (!lat || !kvx || !K || !Vv) {
-        s = DM_ERR_NOMEM;
-        goto done;
-    }
+    float *lat = la ? la->lat : b->lat, *kvx = la ? la->kvx : b->kvx, *K = la ? la->K : b->K, *Vv = la ? la->V : b->V;
     for (int64_t j = 0; j < Tk; j++) memcpy(lat + j * C, kv + j * D, (size_t)C * sizeof(float));
-    if ((s = dm_matmul(m->backend, kvx, lat, &L->kv_b, NULL, Tk, 0))) goto done;
+    DM_TRY(dm_matmul(m->backend, kvx, lat, &L->kv_b, NULL, Tk, 0));
     #pragma omp parallel for schedule(static) if (Tk > 16)
     for (int64_t j = 0; j < Tk; j++) {
         for (int64_t g = 0; g < G; g++) {
@@ -258,78 +274,30 @@ static dm_status attn_expanded(const dm_llm *m, const dm_llm_layer *L, const flo
             memcpy(Vv + (j * G + g) * k->vdim, src + k->nope, (size_t)k->vdim * sizeof(float));
         }
     }
-    dm_attn_args a = {.Tq = T, .Tk = Tk, .H = (int)k->n_heads, .Hkv = (int)G, .Dk = (int)qk,
-                      .Dv = (int)k->vdim, .scale = m->scale, .causal = 1, .lse = la ? la->lse : NULL};
-    s = attention_forward(out, q, K, Vv, &a);
-done:
+    dm_attn_args a = expanded_args(m, T, Tk);
+    a.lse = la ? la->lse : NULL;
     if (!la) {
-        dm_free(lat);
-        dm_free(kvx);
-        dm_free(K);
-        dm_free(Vv);
+        a.workspace = b->attn_ws;
+        a.workspace_bytes = b->attn_ws_bytes;
     }
-    return s;
+    return attention_forward(out, q, K, Vv, &a);
 }
 
-/* Absorbed MLA: fold W_UK into q, attend over the latent cache (one shared
- * head of width kv_lora+rope, values = the latent), apply W_UV afterwards. */
+/* Absorbed MLA (ops/mla.h): W_UK folded into q, one pass over the latent
+ * cache for all heads, W_UV applied afterwards; kv_b read in place. Tokens go
+ * in groups of absorbed_group(m), each seeing the keys causality allows. */
 static dm_status attn_absorbed(const dm_llm *m, const dm_llm_layer *L, const float *q, const float *kv,
-                               int64_t T, int64_t Tk, float *out) {
+                               int64_t T, int64_t Tk, float *out, const llm_scratch *b) {
     const dm_llm_config *k = &m->cfg;
-    const int64_t H = k->n_heads, G = m->kv_groups, C = k->kv_lora, R = k->rope, D = C + R;
-    const int64_t qk = k->nope + R, nv = k->nope + k->vdim, hpg = H / G;
-    float *qa = dm_alloc((size_t)(T * H * D), sizeof(float), "absorbed queries");
-    float *lo = dm_alloc((size_t)(T * H * C), sizeof(float), "absorbed attention output");
-    /* kv_b as f32: used in place when it is f32, else widened once per call
-     * (G*(nope+v)*kv_lora floats, one layer's small matrix) for the loops below. */
-    const int widen = L->kv_b.dtype != DM_F32;
-    float *wtmp = widen ? dm_alloc((size_t)(G * nv * C), sizeof(float), "kv_b rows") : NULL;
-    const float *wbuf = widen ? wtmp : (const float *)L->kv_b.data;
-    dm_status s = DM_OK;
-    if (!qa || !lo || (widen && !wtmp)) {
-        s = DM_ERR_NOMEM;
-        goto done;
+    const int64_t H = k->n_heads, qk = k->nope + k->rope, step = absorbed_group(m);
+    for (int64_t t0 = 0; t0 < T; t0 += step) {
+        const int64_t tg = T - t0 < step ? T - t0 : step;
+        dm_mla_args a = absorbed_args(m, tg, Tk - (T - t0 - tg));
+        DM_TRY(mla_absorb_q_forward(b->qabs, q + t0 * H * qk, &L->kv_b, &a));
+        DM_TRY(mla_latent_attention_forward(b->lo, b->qabs, kv, &a, b->attn_ws, b->attn_ws_bytes));
+        DM_TRY(mla_absorb_out_forward(out + t0 * H * k->vdim, b->lo, &L->kv_b, &a));
     }
-    if (widen) {
-        #pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < G * nv; r++) weight_row(&L->kv_b, r, wtmp + r * C);
-    }
-    #pragma omp parallel for schedule(static) collapse(2)
-    for (int64_t t = 0; t < T; t++) {
-        for (int64_t h = 0; h < H; h++) {
-            const float *qh = q + (t * H + h) * qk;
-            float *dst = qa + (t * H + h) * D;
-            const float *wg = wbuf + (h / hpg) * nv * C;
-            for (int64_t c = 0; c < C; c++) dst[c] = 0;
-            for (int64_t d = 0; d < k->nope; d++) {
-                const float qd = qh[d], *wr = wg + d * C;
-                for (int64_t c = 0; c < C; c++) dst[c] += qd * wr[c];
-            }
-            memcpy(dst + C, qh + k->nope, (size_t)R * sizeof(float));
-        }
-    }
-    dm_attn_args a = {.Tq = T, .Tk = Tk, .H = (int)H, .Hkv = 1, .Dk = (int)D, .Dv = (int)C,
-                      .k_stride = D, .v_stride = D, .scale = m->scale, .causal = 1};
-    if ((s = attention_forward(lo, qa, kv, kv, &a))) goto done;
-    #pragma omp parallel for schedule(static) collapse(2)
-    for (int64_t t = 0; t < T; t++) {
-        for (int64_t h = 0; h < H; h++) {
-            const float *l = lo + (t * H + h) * C;
-            const float *wv = wbuf + ((h / hpg) * nv + k->nope) * C;
-            float *o = out + (t * H + h) * k->vdim;
-            for (int64_t j = 0; j < k->vdim; j++) {
-                const float *wr = wv + j * C;
-                float acc = 0;
-                for (int64_t c = 0; c < C; c++) acc += wr[c] * l[c];
-                o[j] = acc;
-            }
-        }
-    }
-done:
-    dm_free(qa);
-    dm_free(lo);
-    dm_free(wtmp);
-    return s;
+    return DM_OK;
 }
 
 static int use_absorbed(const dm_llm *m, int64_t T, int64_t Tk) {
@@ -343,12 +311,57 @@ static int use_absorbed(const dm_llm *m, int64_t T, int64_t Tk) {
     return absorbed < expanded;
 }
 
-/* ---- layers ------------------------------------------------------------- */
+/* Bytes of the scratch for T new tokens after pos0 cached ones; base set: carve b. */
+static size_t scratch_layout(const dm_llm *m, int64_t T, int64_t pos0, llm_scratch *b, char *base) {
+    const dm_llm_config *k = &m->cfg;
+    const int64_t D = k->hidden, H = k->n_heads, C = k->kv_lora, R = k->rope, KD = C + R, G = m->kv_groups;
+    const int64_t qk = k->nope + R, nv = k->nope + k->vdim, Tk = pos0 + T;
+    const int absorbed = use_absorbed(m, T, Tk);
+    size_t off = 0;
+#define TAKE(field, count)                                       \
+    do {                                                         \
+        if (base) b->field = (float *)(base + off);              \
+        off += ((size_t)(count) * sizeof(float) + 63) / 64 * 64; \
+    } while (0)
+    TAKE(h, T * D);
+    TAKE(qa, T * (k->q_lora ? k->q_lora : 1));
+    TAKE(q, T * H * qk);
+    TAKE(ckv, T * KD);
+    TAKE(ao, T * H * k->vdim);
+    TAKE(g, T * k->inter);
+    TAKE(u, T * k->inter);
+    size_t ws;
+    if (absorbed) {
+        const int64_t tg = T < absorbed_group(m) ? T : absorbed_group(m);
+        dm_mla_args a = absorbed_args(m, tg, Tk);
+        TAKE(qabs, tg * H * KD);
+        TAKE(lo, tg * H * C);
+        ws = mla_latent_attention_workspace_bytes(&a);
+    } else {
+        dm_attn_args a = expanded_args(m, T, Tk);
+        TAKE(lat, Tk * C);
+        TAKE(kvx, Tk * G * nv);
+        TAKE(K, Tk * G * qk);
+        TAKE(V, Tk * G * k->vdim);
+        ws = attention_workspace_bytes(&a);
+    }
+    if (base) {
+        b->absorbed = absorbed;
+        b->attn_ws = base + off;
+        b->attn_ws_bytes = ws;
+    }
+    off += (ws + 63) / 64 * 64;
+#undef TAKE
+    return off;
+}
 
-/* Inference scratch of the layer loop (reused by every layer). */
-typedef struct {
-    float *h, *qa, *q, *ckv, *ao, *g, *u;
-} llm_scratch;
+void dm_llm_work_free(dm_llm_work *w) {
+    dm_free(w->block);
+    w->block = NULL;
+    w->bytes = 0;
+}
+
+/* ---- layers ------------------------------------------------------------- */
 
 /* One decoder layer on x [T, hidden] (updated in place) at positions pos0..,
  * appending its cache rows to `cache` (rows < pos0 filled). la NULL: inference
@@ -391,11 +404,10 @@ static dm_status llm_layer_forward(const dm_llm *m, int64_t l, float *x, int64_t
                    k->rope_interleave);
     rope1d_forward(q + k->nope, T, H, H * qk, qk, (int)R, pos0, m->inv_freq, m->attn_factor,
                    k->rope_interleave);
-    if (la)
-        DM_TRY(attn_expanded(m, L, q, cache, T, Tk, ao, la));
+    if (!la && b->absorbed)
+        DM_TRY(attn_absorbed(m, L, q, cache, T, Tk, ao, b));
     else
-        DM_TRY(use_absorbed(m, T, Tk) ? attn_absorbed(m, L, q, cache, T, Tk, ao)
-                                      : attn_expanded(m, L, q, cache, T, Tk, ao, NULL));
+        DM_TRY(attn_expanded(m, L, q, cache, T, Tk, ao, la, b));
     /* residual adds fused into the matmuls (accumulate into x) */
     DM_TRY(dm_matmul(m->backend, x, ao, &L->o, k->attention_bias ? &L->o_bias : NULL, T, 1));
     float *h2 = la ? la->h2 : b->h, *g = la ? la->g : b->g, *u = la ? la->u : b->u;
@@ -417,23 +429,24 @@ static dm_status llm_layer_forward(const dm_llm *m, int64_t l, float *x, int64_t
     return DM_OK;
 }
 
-dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t pos0, float *const *kv) {
+dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t pos0, float *const *kv,
+                                dm_llm_work *work) {
     const dm_llm_config *k = &m->cfg;
-    const int64_t D = k->hidden, H = k->n_heads, C = k->kv_lora, R = k->rope, KD = C + R;
-    const int64_t qk = k->nope + R;
+    const int64_t D = k->hidden;
+    dm_llm_work local = {0};
+    dm_llm_work *w = work ? work : &local;
     llm_scratch b;
-    b.h = dm_alloc((size_t)(T * D), sizeof(float), "llm hidden");
-    b.qa = k->q_lora ? dm_alloc((size_t)(T * k->q_lora), sizeof(float), "llm q_a") : NULL;
-    b.q = dm_alloc((size_t)(T * H * qk), sizeof(float), "llm q");
-    b.ckv = dm_alloc((size_t)(T * KD), sizeof(float), "llm kv_a");
-    b.ao = dm_alloc((size_t)(T * H * k->vdim), sizeof(float), "llm attention out");
-    b.g = dm_alloc((size_t)(T * k->inter), sizeof(float), "llm mlp gate");
-    b.u = dm_alloc((size_t)(T * k->inter), sizeof(float), "llm mlp up");
+    const size_t need = scratch_layout(m, T, pos0, &b, NULL);
     dm_status s = DM_OK;
-    if (!b.h || (k->q_lora && !b.qa) || !b.q || !b.ckv || !b.ao || !b.g || !b.u) {
-        s = DM_ERR_NOMEM;
-        goto done;
+    if (w->bytes < need) {
+        dm_llm_work_free(w);
+        if (!(w->block = dm_alloc(need, 1, "llm scratch"))) {
+            s = DM_ERR_NOMEM;
+            goto done;
+        }
+        w->bytes = need;
     }
+    scratch_layout(m, T, pos0, &b, w->block);
     for (int64_t l = 0; l < k->n_layers; l++) {
         if (dm_interrupted()) {
             s = dm_interrupt_status();
@@ -444,13 +457,7 @@ dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t po
     rmsnorm_forward(x, D, x, D, T, D, m->final_norm, (float)k->eps);
 done:
     if (s != DM_OK && s != DM_ERR_NOMEM) dm_fail_context(s, "language model layer forward: ");
-    dm_free(b.h);
-    dm_free(b.qa);
-    dm_free(b.q);
-    dm_free(b.ckv);
-    dm_free(b.ao);
-    dm_free(b.g);
-    dm_free(b.u);
+    if (!work) dm_llm_work_free(&local);
     return s;
 }
 

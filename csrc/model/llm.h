@@ -58,6 +58,13 @@ typedef struct dm_llm {
     int attn_mode; /* DM_ATTN_*: test/benchmark switch, AUTO picks by cost */
 } dm_llm;
 
+/* Scratch of dm_llm_layers_forward owned by its caller (a session). */
+typedef struct {
+    void *block;
+    size_t bytes;
+} dm_llm_work;
+void dm_llm_work_free(dm_llm_work *w);
+
 /* Build from a checkpoint (borrowed: must outlive the model). Every weight is
  * checked for presence and shape; messages name the tensor. */
 dm_status dm_llm_create(const struct dm_checkpoint *c, const dm_llm_config *cfg, dm_backend backend,
@@ -86,8 +93,12 @@ int64_t dm_llm_kv_floats_per_token(const dm_llm *m);
 /* Run the decoder layers over T new tokens whose embeddings are x[T, hidden]
  * (updated in place to the final normalised hidden states), at positions
  * pos0.. pos0+T-1, reading and appending the cache kv[layer] (rows of
- * kv_floats_per_layer; rows < pos0 already filled, room for pos0+T). */
-dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t pos0, float *const *kv);
+ * kv_floats_per_layer; rows < pos0 already filled, room for pos0+T).
+ * work: scratch kept by the caller between calls (grown when a call needs
+ * more, so a decode loop allocates nothing after its first step); NULL: a
+ * temporary block for this call. */
+dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t pos0, float *const *kv,
+                                dm_llm_work *work);
 
 /* Embed ids into x[T, hidden], replacing image-pad rows in order by
  * vision[n_vision, hidden] (count must match when vision is given). */

@@ -14,6 +14,7 @@ struct dm_session {
     float *vision;      /* [n_vision, hidden] */
     int64_t *vision_pos;
     int64_t n_vision, grid_h, grid_w;
+    dm_llm_work work;   /* layer scratch reused by every extend */
 };
 
 dm_status dm_session_create(const dm_llm *m, dm_session **out) {
@@ -33,6 +34,7 @@ void dm_session_free(dm_session *s) {
     if (s->kv)
         for (int64_t l = 0; l < s->m->cfg.n_layers; l++) dm_free(s->kv[l]);
     free(s->kv);
+    dm_llm_work_free(&s->work);
     dm_free(s->vision);
     dm_free(s->vision_pos);
     free(s);
@@ -84,7 +86,7 @@ dm_status dm_session_extend(dm_session *s, const int64_t *ids, int64_t T, const 
         }
     }
     if ((st = reserve(s, s->pos + T))) goto done;
-    if ((st = dm_llm_layers_forward(m, x, T, s->pos, s->kv))) goto done;
+    if ((st = dm_llm_layers_forward(m, x, T, s->pos, s->kv, &s->work))) goto done;
     if (vh) {
         int64_t v = 0;
         for (int64_t t = 0; t < T; t++) {

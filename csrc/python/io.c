@@ -305,6 +305,19 @@ static PyObject *convert(CheckpointObject *self, int widen) {
 static PyObject *Checkpoint_widen_f32(CheckpointObject *self, PyObject *unused) { return convert(self, 1); }
 static PyObject *Checkpoint_narrow_bf16(CheckpointObject *self, PyObject *unused) { return convert(self, 0); }
 
+static PyObject *Checkpoint_preload(CheckpointObject *self, PyObject *unused) {
+    dm_checkpoint *c = ready(self);
+    if (!c) return NULL;
+    int64_t n;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    dm_threads_enter();
+    n = dm_checkpoint_preload(c);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    return PyLong_FromLongLong((long long)n);
+}
+
 static PyObject *Checkpoint_files(CheckpointObject *self, PyObject *unused) {
     dm_checkpoint *c = ready(self);
     if (!c) return NULL;
@@ -348,6 +361,8 @@ static PyMethodDef Checkpoint_methods[] = {
      "Replace F32/F16 tensors by owned bf16 copies (dtype='bf16' load of a float32 file)."},
     {"find_weight", (PyCFunction)Checkpoint_find_weight, METH_VARARGS,
      "find_weight(prefixes, name, shape) -> array of the first prefix+name present; shape checked."},
+    {"preload", (PyCFunction)Checkpoint_preload, METH_NOARGS,
+     "preload() -> bytes: fault in the mapped weights now (madvise + one read per page)."},
     {"files", (PyCFunction)Checkpoint_files, METH_NOARGS, "files() -> list of the safetensors paths."},
     {NULL, NULL, 0, NULL},
 };
