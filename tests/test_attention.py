@@ -158,15 +158,27 @@ def bf16_round(a):
         (129, 129, 2, 1, 64, 64, True, [0, 100, 129]),
     ],
 )
-def test_attention_bf16_products(tq, tk, h, hkv, dk, dv, causal, segments):
-    rng = np.random.default_rng(tq + tk + dk)
-    q, k, v = rand(rng, tq, h, dk, scale=3.0), rand(rng, tk, hkv, dk), rand(rng, tk, hkv, dv)
-    out = _core.attention(q, k, v, scale=dk ** -0.5, causal=causal, segments=segments, bf16=True)
+@pytest.mark.parametrize("kernel", ["amx", "avx512_bf16"])
+def test_attention_bf16_products(tq, tk, h, hkv, dk, dv, causal, segments, kernel):
+    """Both bf16 kernels (AMX tiles; vdpbf16ps for CPUs without AMX) against the
+    reference on bf16-rounded inputs. A kernel this CPU cannot run is skipped, so
+    the summary shows it as not tested here (never as passed)."""
+    _core.attention_set_amx(kernel == "amx")
+    try:
+        got_kernel = _core.attention_bf16_kernel()
+        rng = np.random.default_rng(tq + tk + dk)
+        q, k, v = rand(rng, tq, h, dk, scale=3.0), rand(rng, tk, hkv, dk), rand(rng, tk, hkv, dv)
+        out = _core.attention(q, k, v, scale=dk ** -0.5, causal=causal, segments=segments, bf16=True)
+    finally:
+        _core.attention_set_amx(True)
     assert out.shape == (tq, h, dv)
     f32 = _core.attention(q, k, v, scale=dk ** -0.5, causal=causal, segments=segments)
     if not _core.attention_bf16_available():
+        assert got_kernel == "none"
         np.testing.assert_array_equal(out, f32)  # documented fallback: exact f32
         return
+    if got_kernel != kernel:
+        pytest.skip(f"this CPU runs the {got_kernel} kernel, not {kernel}: {kernel} not tested here")
     # Reference on bf16-rounded q, k, v: what is left is the rounding of the
     # probabilities to bf16 for PV (relative 2^-9 each, at most 2^-9 max|v| in the
     # weighted sum, and 2^-9 |out| again through the normaliser, which uses the

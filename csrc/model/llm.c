@@ -242,8 +242,11 @@ static int64_t absorbed_group(const dm_llm *m) {
 
 static dm_attn_args expanded_args(const dm_llm *m, int64_t T, int64_t Tk) {
     const dm_llm_config *k = &m->cfg;
+    /* bf16 products for a bf16 model on oneDNN (the precision of its matmuls);
+     * training sets lse, which keeps attention exact f32 */
     return (dm_attn_args){.Tq = T, .Tk = Tk, .H = (int)k->n_heads, .Hkv = (int)m->kv_groups,
-                          .Dk = (int)(k->nope + k->rope), .Dv = (int)k->vdim, .scale = m->scale, .causal = 1};
+                          .Dk = (int)(k->nope + k->rope), .Dv = (int)k->vdim, .scale = m->scale, .causal = 1,
+                          .bf16 = m->backend == DM_BACKEND_ONEDNN && m->layers[0].kv_b.dtype == DM_BF16};
 }
 
 static dm_mla_args absorbed_args(const dm_llm *m, int64_t T, int64_t Tk) {

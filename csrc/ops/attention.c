@@ -18,7 +18,11 @@
 
 #include "ops/vmath.h"
 #endif
-#if defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__AVX512BF16__) && defined(__linux__)
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#define DM_ATTN_BF16 1 /* bf16 products: vdpbf16ps, and AMX tiles where present */
+#include <stdatomic.h>
+#endif
+#if defined(DM_ATTN_BF16) && defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__linux__)
 #define DM_ATTN_AMX 1
 #include <pthread.h>
 #include <sys/syscall.h>
@@ -331,12 +335,13 @@ size_t attention_workspace_bytes(const dm_attn_args *a) {
     return (f32 > b16 ? f32 : b16) + 3 * 64;
 }
 
-/* ---------------- bf16 products on AMX ----------------
+/* ---------------- bf16 products (AMX tiles or AVX512-BF16) ----------------
  * Per item: Q rows -> bf16 [BQ][DkP] (DkP = Dk rounded up to 32), S = Q K^T with
- * 16x16 f32 tiles (A: 16 query rows x 32 dims, B: K in VNNI pairs [DkP/2][BK][2]),
- * f32 online softmax as in the f32 path, P -> bf16 [BQ][BK], acc[BQ][DvP] += P V
- * (B: V in VNNI pairs [BK/2][DvP][2], DvP = Dv rounded up to 16). K and V are
- * packed once per call. */
+ * K in bf16 pairs [DkP/2][BK][2], f32 online softmax as in the f32 path, P ->
+ * bf16 [BQ][BK], acc[BQ][DvP] += P V with V in bf16 pairs [BK/2][DvP][2]
+ * (DvP = Dv rounded up to 16). K and V are packed once per call. The same packs
+ * feed AMX (16x16 f32 tiles: A = 16 rows x 32 dims, B = the pairs) and, without
+ * AMX, vdpbf16ps (a broadcast pair of q or P against 16 pairs of K or V). */
 #if defined(DM_ATTN_AMX)
 static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
 static int amx_ok;
@@ -362,6 +367,10 @@ static void amx_config(void) {
     }
     _tile_loadconfig(&c);
 }
+#endif
+
+#if defined(DM_ATTN_BF16)
+static atomic_int amx_allowed = 1;
 
 /* row of n f32 -> bf16 into dst[0..npad) (zeros past n) */
 static void row_to_bf16(uint16_t *dst, const float *src, int n, int npad) {
@@ -376,19 +385,13 @@ static void row_to_bf16(uint16_t *dst, const float *src, int n, int npad) {
     for (; i < npad; i++) dst[i] = 0;
 }
 
-static void attend_item_amx(float *out, const float *q, const dm_attn_args *a, int64_t qs, int64_t os,
-                            const attn_item *it, int h, const uint16_t *kB, const uint16_t *vB, int64_t nb,
-                            int DkP, int DvP, float *S, float *acc, float *mrow, float *lrow, uint16_t *qB,
-                            uint16_t *P16) {
-    const int Dk = a->Dk, Dv = a->Dv;
-    const int g = h / (a->H / a->Hkv);
+/* Q rows of an item -> bf16 (rows past nq zero); running max / sum reset. */
+static void item_start(const float *q, const dm_attn_args *a, int64_t qs, const attn_item *it, int h, int DkP,
+                       int DvP, float *acc, float *mrow, float *lrow, uint16_t *qB, uint16_t *P16) {
     const int64_t nq = it->q1 - it->q0;
-    const int64_t shift = a->Tk - a->Tq;
-    int64_t khi = it->k1;
-    if (a->causal && shift + it->q1 < khi) khi = shift + it->q1;
     for (int64_t i = 0; i < BQ; i++) {
         if (i < nq)
-            row_to_bf16(qB + i * DkP, q + (it->q0 + i) * qs + (int64_t)h * Dk, Dk, DkP);
+            row_to_bf16(qB + i * DkP, q + (it->q0 + i) * qs + (int64_t)h * a->Dk, a->Dk, DkP);
         else
             memset(qB + i * DkP, 0, (size_t)DkP * sizeof(uint16_t));
     }
@@ -398,6 +401,92 @@ static void attend_item_amx(float *out, const float *q, const dm_attn_args *a, i
     }
     memset(acc, 0, (size_t)BQ * DvP * sizeof(float));
     memset(P16, 0, (size_t)BQ * BK * sizeof(uint16_t)); /* rows >= nq stay zero */
+}
+
+static void item_finish(float *out, const dm_attn_args *a, int64_t os, const attn_item *it, int h, int DvP,
+                        const float *acc, const float *lrow) {
+    for (int64_t i = 0; i < it->q1 - it->q0; i++) {
+        float inv = 1.0f / lrow[i];
+        float *o = out + (it->q0 + i) * os + (int64_t)h * a->Dv;
+        const float *ar = acc + i * DvP;
+#pragma omp simd
+        for (int c = 0; c < a->Dv; c++) o[c] = ar[c] * inv;
+    }
+}
+
+/* One item with vdpbf16ps: 4 query rows x 64 keys (16 accumulators) per step of
+ * two dims for S, 4 rows x 64 columns per step of two keys for P V. */
+static void attend_item_dp(float *out, const float *q, const dm_attn_args *a, int64_t qs, int64_t os,
+                           const attn_item *it, int h, const uint16_t *kB, const uint16_t *vB, int64_t nb,
+                           int DkP, int DvP, float *S, float *acc, float *mrow, float *lrow, uint16_t *qB,
+                           uint16_t *P16) {
+    const int g = h / (a->H / a->Hkv);
+    const int64_t nq = it->q1 - it->q0, shift = a->Tk - a->Tq;
+    int64_t khi = it->k1;
+    if (a->causal && shift + it->q1 < khi) khi = shift + it->q1;
+    item_start(q, a, qs, it, h, DkP, DvP, acc, mrow, lrow, qB, P16);
+    const int nr4 = (int)((nq + 3) / 4) * 4; /* rows computed (qB / P16 rows past nq are zero) */
+    for (int64_t kb = it->k0 / BK * BK; kb < khi; kb += BK) {
+        int nk = (int)(khi - kb < BK ? khi - kb : BK);
+        int jlo = it->k0 > kb ? (int)(it->k0 - kb) : 0;
+        const uint32_t *kp = (const uint32_t *)(kB + ((int64_t)g * nb + kb / BK) * (int64_t)DkP * BK);
+        const uint32_t *vp = (const uint32_t *)(vB + ((int64_t)g * nb + kb / BK) * (int64_t)BK * DvP);
+        for (int r0 = 0; r0 < nr4; r0 += 4) {
+            __m512 c[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int x = 0; x < 4; x++) c[i][x] = _mm512_setzero_ps();
+            const uint32_t *qr = (const uint32_t *)(qB + (int64_t)r0 * DkP);
+            for (int dp = 0; dp < DkP / 2; dp++) {
+                __m512bh kv[4];
+                for (int x = 0; x < 4; x++) kv[x] = (__m512bh)_mm512_loadu_si512(kp + (int64_t)dp * BK + 16 * x);
+                for (int i = 0; i < 4; i++) {
+                    const __m512bh qv = (__m512bh)_mm512_set1_epi32((int)qr[(int64_t)i * (DkP / 2) + dp]);
+                    for (int x = 0; x < 4; x++) c[i][x] = _mm512_dpbf16_ps(c[i][x], qv, kv[x]);
+                }
+            }
+            for (int i = 0; i < 4; i++)
+                for (int x = 0; x < 4; x++) _mm512_store_ps(S + (int64_t)(r0 + i) * BK + 16 * x, c[i][x]);
+        }
+        for (int64_t i = 0; i < nq; i++) {
+            softmax_block_row(S + i * BK, acc + i * DvP, DvP, a, shift + it->q0 + i + 1, kb, khi, nk, jlo,
+                              &mrow[i], &lrow[i]);
+            row_to_bf16(P16 + i * BK, S + i * BK, BK, BK);
+        }
+        for (int c0 = 0; c0 < DvP; c0 += 64) {
+            const int nv = DvP - c0 >= 64 ? 4 : (DvP - c0) / 16;
+            for (int r0 = 0; r0 < nr4; r0 += 4) {
+                __m512 o[4][4];
+                for (int i = 0; i < 4; i++)
+                    for (int x = 0; x < nv; x++) o[i][x] = _mm512_loadu_ps(acc + (int64_t)(r0 + i) * DvP + c0 + 16 * x);
+                const uint32_t *pr = (const uint32_t *)(P16 + (int64_t)r0 * BK);
+                for (int jp = 0; jp < BK / 2; jp++) {
+                    __m512bh vv[4];
+                    for (int x = 0; x < nv; x++) vv[x] = (__m512bh)_mm512_loadu_si512(vp + (int64_t)jp * DvP + c0 + 16 * x);
+                    for (int i = 0; i < 4; i++) {
+                        const __m512bh pv = (__m512bh)_mm512_set1_epi32((int)pr[(int64_t)i * (BK / 2) + jp]);
+                        for (int x = 0; x < nv; x++) o[i][x] = _mm512_dpbf16_ps(o[i][x], pv, vv[x]);
+                    }
+                }
+                for (int i = 0; i < 4; i++)
+                    for (int x = 0; x < nv; x++) _mm512_storeu_ps(acc + (int64_t)(r0 + i) * DvP + c0 + 16 * x, o[i][x]);
+            }
+        }
+    }
+    item_finish(out, a, os, it, h, DvP, acc, lrow);
+}
+#endif
+
+#if defined(DM_ATTN_AMX)
+static void attend_item_amx(float *out, const float *q, const dm_attn_args *a, int64_t qs, int64_t os,
+                            const attn_item *it, int h, const uint16_t *kB, const uint16_t *vB, int64_t nb,
+                            int DkP, int DvP, float *S, float *acc, float *mrow, float *lrow, uint16_t *qB,
+                            uint16_t *P16) {
+    const int g = h / (a->H / a->Hkv);
+    const int64_t nq = it->q1 - it->q0;
+    const int64_t shift = a->Tk - a->Tq;
+    int64_t khi = it->k1;
+    if (a->causal && shift + it->q1 < khi) khi = shift + it->q1;
+    item_start(q, a, qs, it, h, DkP, DvP, acc, mrow, lrow, qB, P16);
     const int nrb = (int)((nq + 15) / 16);              /* 16-row blocks in use */
     for (int64_t kb = it->k0 / BK * BK; kb < khi; kb += BK) {
         int nk = (int)(khi - kb < BK ? khi - kb : BK);
@@ -471,18 +560,14 @@ static void attend_item_amx(float *out, const float *q, const dm_attn_args *a, i
 #undef PV_TILE
         }
     }
-    for (int64_t i = 0; i < nq; i++) {
-        float inv = 1.0f / lrow[i];
-        float *o = out + (it->q0 + i) * os + (int64_t)h * Dv;
-        const float *ar = acc + i * DvP;
-#pragma omp simd
-        for (int c = 0; c < Dv; c++) o[c] = ar[c] * inv;
-    }
+    item_finish(out, a, os, it, h, DvP, acc, lrow);
 }
+#endif
 
-static dm_status attention_amx(float *out, const float *q, const float *k, const float *v, const dm_attn_args *a,
-                               int64_t qs, int64_t ks, int64_t vs, int64_t os, const attn_item *items,
-                               int64_t n_items, int nt) {
+#if defined(DM_ATTN_BF16)
+static dm_status attention_bf16(float *out, const float *q, const float *k, const float *v, const dm_attn_args *a,
+                                int64_t qs, int64_t ks, int64_t vs, int64_t os, const attn_item *items,
+                                int64_t n_items, int nt, int use_amx) {
     const int DkP = (a->Dk + 31) / 32 * 32, DvP = (a->Dv + 15) / 16 * 16;
     const int64_t nb = (a->Tk + BK - 1) / BK;
     const size_t kblk = (size_t)DkP * BK, vblk = (size_t)BK * DvP; /* bf16 elements per block */
@@ -547,12 +632,23 @@ static dm_status attention_amx(float *out, const float *q, const float *k, const
         float *lrow = mrow + BQ;
         uint16_t *qB = (uint16_t *)(lrow + BQ);
         uint16_t *P16 = qB + (size_t)BQ * DkP;
-        amx_config();
+#if defined(DM_ATTN_AMX)
+        if (use_amx) {
+            amx_config();
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t w = 0; w < total; w++)
-            attend_item_amx(out, q, a, qs, os, &items[w % n_items], (int)(w / n_items), kB, vB, nb, DkP, DvP, S,
-                            acc, mrow, lrow, qB, P16);
-        _tile_release();
+            for (int64_t w = 0; w < total; w++)
+                attend_item_amx(out, q, a, qs, os, &items[w % n_items], (int)(w / n_items), kB, vB, nb, DkP, DvP,
+                                S, acc, mrow, lrow, qB, P16);
+            _tile_release();
+        } else
+#endif
+        {
+            (void)use_amx;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t w = 0; w < total; w++)
+                attend_item_dp(out, q, a, qs, os, &items[w % n_items], (int)(w / n_items), kB, vB, nb, DkP, DvP,
+                               S, acc, mrow, lrow, qB, P16);
+        }
     }
     dm_free(scratch);
     if (owned) {
@@ -563,12 +659,33 @@ static dm_status attention_amx(float *out, const float *q, const float *k, const
 }
 #endif
 
-int attention_bf16_available(void) {
+static int amx_usable(void) {
 #if defined(DM_ATTN_AMX)
     pthread_once(&amx_once, amx_request);
-    return amx_ok;
+    return amx_ok && atomic_load(&amx_allowed);
 #else
     return 0;
+#endif
+}
+
+int attention_bf16_available(void) {
+#if defined(DM_ATTN_BF16)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+const char *attention_bf16_kernel(void) {
+    if (!attention_bf16_available()) return "none";
+    return amx_usable() ? "amx" : "avx512_bf16";
+}
+
+void attention_set_amx(int on) {
+#if defined(DM_ATTN_BF16)
+    atomic_store(&amx_allowed, on ? 1 : 0);
+#else
+    (void)on;
 #endif
 }
 
@@ -642,9 +759,9 @@ dm_status attention_forward(float *out, const float *q, const float *k, const fl
     }
 
     int nt = omp_get_max_threads();
-#if defined(DM_ATTN_AMX)
-    if (a->bf16 && !a->lse && a->Dk <= 1024 && a->Dv <= 1024 && attention_bf16_available()) {
-        dm_status st = attention_amx(out, q, k, v, a, qs, ks, vs, os, items, n_items, nt);
+#if defined(DM_ATTN_BF16)
+    if (a->bf16 && !a->lse && a->Dk <= 1024 && a->Dv <= 1024) {
+        dm_status st = attention_bf16(out, q, k, v, a, qs, ks, vs, os, items, n_items, nt, amx_usable());
         dm_free(items);
         return st;
     }

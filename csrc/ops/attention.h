@@ -30,10 +30,10 @@ typedef struct {
      * segment (vision windows). NULL / n_seg = 0: one segment. */
     const int64_t *segments;
     int64_t n_seg;
-    /* bf16 products on AMX tiles: q, k, the softmax probabilities and v are
-     * rounded to bf16 for QK^T and PV (f32 accumulation, f32 online softmax),
-     * the precision of a bf16 model's matmuls, at several times the f32 speed.
-     * Exact f32 instead where the CPU (or the kernel) has no AMX. */
+    /* bf16 products: q, k, the softmax probabilities and v are rounded to bf16
+     * for QK^T and PV (f32 accumulation, f32 online softmax), the precision of a
+     * bf16 model's matmuls, at several times the f32 speed. AMX tiles where the
+     * CPU has them, else AVX512-BF16 (vdpbf16ps); exact f32 on CPUs with neither. */
     int bf16;
     /* Optional caller-owned workspace for the packed copies of K and V (the large
      * part of the kernel's memory); used when at least attention_workspace_bytes(a)
@@ -50,8 +50,13 @@ typedef struct {
 /* Bytes of workspace attention_forward can use for these arguments. */
 size_t attention_workspace_bytes(const dm_attn_args *a);
 
-/* 1 when a->bf16 really runs on AMX on this machine (for tests and benchmarks). */
+/* 1 when a->bf16 really runs bf16 products on this machine (for tests and benchmarks). */
 int attention_bf16_available(void);
+/* The kernel a->bf16 runs now: "amx", "avx512_bf16" or "none". */
+const char *attention_bf16_kernel(void);
+/* Process-wide switch (default on): off makes AMX machines run the AVX512-BF16
+ * kernel, so tests and benchmarks can compare the two on one machine. */
+void attention_set_amx(int on);
 
 dm_status attention_forward(float *out, const float *q, const float *k, const float *v,
                             const dm_attn_args *a);

@@ -359,12 +359,27 @@ static PyObject *py_attention_bf16_available(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(attention_bf16_available());
 }
 
+static PyObject *py_attention_bf16_kernel(PyObject *self, PyObject *unused) {
+    return PyUnicode_FromString(attention_bf16_kernel());
+}
+
+static PyObject *py_attention_set_amx(PyObject *self, PyObject *on) {
+    int v = PyObject_IsTrue(on);
+    if (v < 0) return NULL;
+    attention_set_amx(v);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef vision_methods[] = {
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
      "attention(q, k, v, *, scale, causal=False, segments=None, bf16=False): streaming softmax attention "
-     "(bf16=True: bf16 products on AMX where available)."},
+     "(bf16=True: bf16 products on AMX or AVX512-BF16 where available)."},
     {"attention_bf16_available", py_attention_bf16_available, METH_NOARGS,
-     "1 when attention(bf16=True) runs on AMX on this machine."},
+     "1 when attention(bf16=True) runs bf16 products (AMX or AVX512-BF16) on this machine."},
+    {"attention_bf16_kernel", py_attention_bf16_kernel, METH_NOARGS,
+     "the kernel attention(bf16=True) runs now: 'amx', 'avx512_bf16' or 'none'."},
+    {"attention_set_amx", py_attention_set_amx, METH_O,
+     "attention_set_amx(on): allow AMX for bf16 attention (off: the AVX512-BF16 kernel; tests, benchmarks)."},
     {"resize_bilinear_aa", py_resize, METH_VARARGS,
      "resize_bilinear_aa(img uint8, out_h, out_w) -> uint8 [out_h, out_w, C] (torch uint8 antialias bilinear, bit-exact)."},
     {"vision_target_size", (PyCFunction)(void (*)(void))py_target_size, METH_VARARGS | METH_KEYWORDS,
