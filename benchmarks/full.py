@@ -176,6 +176,15 @@ def decode_bytes(t, ctx):
     return llm_matmul_params(t) * 2 + head + t["hidden_size"] * 2 + kv
 
 
+def decode_bytes_int8(t, ctx):
+    """Bytes per token with dtype="int8": int8 linear weights and head, kv_b bf16, the f32 cache."""
+    C, H = t["kv_lora_rank"], t["num_attention_heads"]
+    kv_b = C * H * (t["qk_nope_head_dim"] + t["v_head_dim"]) * t["num_hidden_layers"]
+    head = t["vocab_size"] * t["hidden_size"]
+    kv = ctx * t["num_hidden_layers"] * (C + t["qk_rope_head_dim"]) * 4
+    return (llm_matmul_params(t) - kv_b) + 2 * kv_b + head + kv
+
+
 def vision_flops(side):
     sys.path.insert(0, str(HERE))
     from vision import flops
@@ -246,16 +255,18 @@ def stage_ours(args):
     from dense import ADE150
 
     rng = np.random.default_rng(0)
-    res = {}
+    res = {"dtype": args.dtype}
     t = time.perf_counter()
-    model = densemllm.load(args.ckpt, threads=args.threads)
-    res["load s"] = time.perf_counter() - t
+    model = densemllm.load(args.ckpt, threads=args.threads, dtype=args.dtype)
+    res["load s"] = time.perf_counter() - t  # int8: includes quantizing the LLM weights
     t = time.perf_counter()
     res["preload bytes"] = model._checkpoint.preload()
     res["preload s"] = time.perf_counter() - t
-    V = model.config.text.vocab_size
     specials = set(REAL_IDS.values())
-    for side in (512, 1024):
+    ref_file = Path(args.cache) / f"bf16-reference-{'-'.join(map(str, args.contexts))}.npz"
+    ref = np.load(ref_file) if args.dtype == "int8" and ref_file.exists() else None
+    first = {}
+    for side in (512, 1024) if args.dtype != "int8" else ():  # the vision tower stays bf16 with int8
         img = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
         ts = []
         for _ in range(args.repeat):
@@ -267,19 +278,32 @@ def stage_ours(args):
         ids = rng.integers(0, 128000, ctx)
         ids = np.where(np.isin(ids, list(specials)), 5, ids)
         pre, dec = [], []
-        for _ in range(args.repeat):
+        for rep in range(args.repeat):
             t = time.perf_counter()
             sess = model.prefill(ids)
             pre.append(time.perf_counter() - t)
-            tok = int(np.argmax(sess._last_logits))
+            last = sess._last_logits.copy()
+            tok = int(np.argmax(last))
+            toks = [tok]
             t = time.perf_counter()
             for _ in range(args.decode):
                 tok = int(np.argmax(sess.extend([tok]))) % 128000
+                toks.append(tok)
             dec.append((time.perf_counter() - t) / args.decode)
+            if rep == 0:
+                first[f"logits{ctx}"], first[f"tokens{ctx}"] = last, np.array(toks)
         res[f"prefill {ctx} s"] = pre
         res[f"decode {ctx} s/token"] = dec
+        if ref is not None:  # agreement with the bf16 model on the same prompt
+            want = ref[f"logits{ctx}"]
+            res[f"int8 vs bf16 logits rel err {ctx}"] = float(np.abs(first[f"logits{ctx}"] - want).max()
+                                                          / np.abs(want).max())
+            res[f"int8 vs bf16 greedy tokens equal {ctx}"] = int(np.sum(np.cumprod(
+                first[f"tokens{ctx}"] == ref[f"tokens{ctx}"])))
         del sess
-    img = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    if args.dtype == "bf16":
+        np.savez(ref_file, **first)
+    img = np.random.default_rng(512).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     segs = []
     for _ in range(args.repeat):
         t = time.perf_counter()
@@ -320,33 +344,15 @@ def llm_prompt_tokens(model, classes):
 def stage_hf(args):
     import numpy as np
     import torch
-    from safetensors import safe_open
-    from transformers import DynamicCache, YoutuConfig, YoutuForCausalLM
-    from transformers.models.youtu.modeling_youtu import YoutuRotaryEmbedding
+    from transformers import DynamicCache
+
+    sys.path.insert(0, str(HERE))
+    from llm import hf_model
 
     torch.set_num_threads(args.threads)
-    cfg = json.loads((Path(args.ckpt) / "config.json").read_text())
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
-            "v_head_dim", "rms_norm_eps", "max_position_embeddings", "rope_interleave", "attention_bias",
-            "tie_word_embeddings")
-    hc = YoutuConfig(**{k: cfg[k] for k in keys}, rope_parameters={"rope_type": "default",
-                                                                   "rope_theta": cfg["rope_theta"]},
-                     bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="sdpa")
     t = time.perf_counter()
-    with torch.device("meta"):
-        m = YoutuForCausalLM(hc)
-    state = {}
-    for f in sorted(Path(args.ckpt).glob("model-*.safetensors")):
-        with safe_open(str(f), "pt") as sf:
-            for k in sf.keys():
-                if k.startswith(("model.", "lm_head.")):
-                    state[k] = sf.get_tensor(k)
-    m.load_state_dict(state, strict=False, assign=True)
-    del state
-    m.tie_weights()
-    m.model.rotary_emb = YoutuRotaryEmbedding(hc)
-    m = m.to(torch.bfloat16).eval()
+    m = hf_model(Path(args.ckpt), torch.bfloat16)
+    hc = m.config
     res = {"load s": time.perf_counter() - t}
     rng = np.random.default_rng(0)
     with torch.inference_mode():
@@ -499,8 +505,9 @@ def stage_llamacpp(args):
 STAGES = {"machine": stage_machine, "ours": stage_ours, "hf": stage_hf, "llamacpp": stage_llamacpp}
 
 
-def run_stage(name, args):
+def run_stage(name, args, dtype="bf16"):
     cmd = [sys.executable, __file__, "--stage", name, "--ckpt", str(args.ckpt), "--threads", str(args.threads),
+           "--dtype", dtype,
            "--depth", args.depth,
            "--contexts", ",".join(map(str, args.contexts)), "--decode", str(args.decode), "--repeat",
            str(args.repeat), "--cache", str(args.cache), "--llamacpp", str(args.llamacpp)]
@@ -589,6 +596,33 @@ def report(res, args):
         db = min(dps, key=lambda s: s["wall"])
         lines.append(f"| depth 512^2 (8 generated) | {db['wall']:.2f} s (prefill {db['prefill']:.2f}, generate "
                      f"{db['generate']:.2f}) | | | | | |")
+    q8 = [r.get("ours int8", {}) for r in rounds if r.get("ours int8")]
+    if q8:
+        lines += ["", "| int8 (dtype=\"int8\") | densemllm int8 | vs our bf16 | floor | fraction | llama.cpp Q8_0 | "
+                      "int8 vs bf16 agreement |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for ctx in args.contexts:
+            o8, ob = pick(q8, f"prefill {ctx} s"), pick(ours, f"prefill {ctx} s")
+            lq = lc.get(f"q8_0 prefill {ctx} tok/s")
+            rel = q8[0].get(f"int8 vs bf16 logits rel err {ctx}")
+            agree = f"last-position logits rel err {rel:.3f}" if rel is not None else ""
+            lines.append(f"| prefill {ctx} tokens | {fmt(o8, 's')} | {ob / o8:.2f}x | | | "
+                         f"{fmt(ctx / lq if lq else None, 's')} | {agree} |" if o8 and ob else f"| prefill {ctx} | - |")
+        for ctx in args.contexts:
+            o8, ob = pick(q8, f"decode {ctx} s/token"), pick(ours, f"decode {ctx} s/token")
+            fl = decode_bytes_int8(t, ctx) / (bw * 1e9)
+            lq = lc.get(f"q8_0 decode {ctx} tok/s")
+            eq = q8[0].get(f"int8 vs bf16 greedy tokens equal {ctx}")
+            lines.append(f"| decode at context {ctx} ({decode_bytes_int8(t, ctx) / 1e9:.2f} GB/token) | "
+                         f"{fmt(o8, 'ms')} | {ob / o8:.2f}x | {fl * 1e3:.0f} ms | {pct(fl, o8)} | "
+                         f"{fmt(1 / lq if lq else None, 'ms')} | "
+                         f"{'' if eq is None else f'first {eq} of {args.decode + 1} greedy tokens equal'} |"
+                         if o8 and ob else f"| decode {ctx} | - |")
+        segs8 = [x for r in q8 for x in r.get("segment", [])]
+        if segs8:
+            sb8 = min(segs8, key=lambda x: x["wall"])
+            lines.append(f"| segment 512^2, 150 classes | {sb8['wall']:.2f} s | | | | | |")
+        lines.append(f"int8 load (quantizing) {q8[0]['load s']:.1f} s, peak RSS {q8[0]['peak RSS bytes'] / 2**30:.2f} "
+                     f"GiB")
     if ours and "peak RSS bytes" in ours[0]:
         o0 = ours[0]
         lines.append("")
@@ -625,7 +659,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="alternating ours / transformers rounds")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-llamacpp", action="store_true")
+    ap.add_argument("--skip-int8", action="store_true")
     ap.add_argument("--json", default=str(HERE / "full.json"))
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "int8"], help="(stage ours)")
     ap.add_argument("--depth", default="40,27", help="LLM,vision layers (fewer: a quick check of the script)")
     args = ap.parse_args()
     TEXT["num_hidden_layers"], VISION["num_hidden_layers"] = (int(x) for x in args.depth.split(","))
@@ -646,6 +682,8 @@ def main():
         rnd = {"ours": run_stage("ours", args)}
         if not args.skip_hf:
             rnd["hf"] = run_stage("hf", args)
+        if not args.skip_int8:
+            rnd["ours int8"] = run_stage("ours", args, dtype="int8")
         res["rounds"].append(rnd)
     if not args.skip_llamacpp:
         res["llamacpp"] = run_stage("llamacpp", args)

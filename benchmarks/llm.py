@@ -40,8 +40,11 @@ N_IMAGE, N_TEXT = 1024, 64
 
 
 def hf_model(path, dtype):
-    from safetensors.torch import load_file
+    """transformers' YoutuForCausalLM (SDPA) on the LLM weights of every safetensors file
+    in `path`, built on the meta device and assigned the tensors (no second copy)."""
+    from safetensors import safe_open
     from transformers import YoutuConfig, YoutuForCausalLM
+    from transformers.models.youtu.modeling_youtu import YoutuRotaryEmbedding
 
     cfg = json.loads((path / "config.json").read_text())
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -53,11 +56,15 @@ def hf_model(path, dtype):
                      bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="sdpa")
     with torch.device("meta"):
         m = YoutuForCausalLM(hc)
-    state = {k: v.to(dtype) for k, v in load_file(str(path / "model.safetensors")).items()
-             if k.startswith(("model.", "lm_head."))}
+    state = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as sf:
+            for k in sf.keys():
+                if k.startswith(("model.", "lm_head.")):
+                    state[k] = sf.get_tensor(k).to(dtype)
     m.load_state_dict(state, strict=False, assign=True)
+    del state
     m.tie_weights()
-    from transformers.models.youtu.modeling_youtu import YoutuRotaryEmbedding
     m.model.rotary_emb = YoutuRotaryEmbedding(hc)  # its buffers are not in the state dict
     return m.eval()
 

@@ -177,6 +177,17 @@ def _resolve_dtype(ckpt, dtype):
     raise ValueError(f"dtype must be 'auto', 'bf16' or 'f32', got {dtype!r}")
 
 
+# The LLM weights dtype="int8" quantizes: every linear layer but kv_b (which the
+# absorbed decode reads per head, bf16), and the embedding / LM head.
+_INT8_WEIGHT = re.compile(r"model\.(embed_tokens\.weight|layers\.\d+\.(self_attn\.(q_a_proj|q_b_proj|q_proj|"
+                          r"kv_a_proj_with_mqa|o_proj)|mlp\.(gate_proj|up_proj|down_proj))\.weight)|lm_head\.weight")
+
+
+def int8_weight_names(resolved):
+    """Checkpoint names of the weights dtype="int8" quantizes (from check_weights' map)."""
+    return sorted(actual for canonical, actual in resolved.items() if _INT8_WEIGHT.fullmatch(canonical))
+
+
 def load(path=None, dtype="auto", threads=None, backend=None, preload=False):
     """Load a checkpoint directory and return a :class:`densemllm.Model`.
 
@@ -188,7 +199,11 @@ def load(path=None, dtype="auto", threads=None, backend=None, preload=False):
     structure in C, then every tensor against config.json. ``dtype``: "auto" keeps
     the file's type (bf16 for the released model; F16 or mixed files become bf16),
     "bf16" converts f32/f16 files to owned bf16 copies, "f32" makes owned float32
-    copies (2x the memory of a bf16 file). ``threads``: thread count for all heavy
+    copies (2x the memory of a bf16 file). "int8" quantizes the language model's
+    linear weights and its embedding / LM head at load (symmetric, one scale per
+    output row; activations quantized per token in prefill-sized products, kept
+    f32 in decode steps), half the bytes per decode step; the vision tower and
+    kv_b stay bf16. Inference only. ``threads``: thread count for all heavy
     work (None: leave as is). ``backend``: "onednn" (default) or "openblas"; the
     environment variable DENSEMLLM_BACKEND sets the default. ``preload=True``
     faults the mapped weights in now (read from disk if the page cache lost them,
@@ -206,8 +221,8 @@ def load(path=None, dtype="auto", threads=None, backend=None, preload=False):
     if dtype in ("f16", "float16", "half"):
         raise ValueError(f"dtype={dtype!r}: float16 is not a compute dtype here; f16 weights run as bf16 "
                          "(dtype='auto' or 'bf16') or as f32 (dtype='f32')")
-    if dtype not in ("auto", "bf16", "f32"):
-        raise ValueError(f"dtype must be 'auto', 'bf16' ('bfloat16') or 'f32' ('float32'), got {dtype!r}")
+    if dtype not in ("auto", "bf16", "f32", "int8"):
+        raise ValueError(f"dtype must be 'auto', 'bf16' ('bfloat16'), 'f32' ('float32') or 'int8', got {dtype!r}")
     if backend is None:
         backend = os.environ.get("DENSEMLLM_BACKEND") or "onednn"
     if backend not in ("onednn", "openblas"):
@@ -240,8 +255,14 @@ def load(path=None, dtype="auto", threads=None, backend=None, preload=False):
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but vocab_size is "
                               f"{config.text.vocab_size}")
     ckpt = open_checkpoint(path)
-    check_weights(ckpt, config, str(path))
-    model_dtype = _resolve_dtype(ckpt, dtype)
+    resolved = check_weights(ckpt, config, str(path))
+    if dtype == "int8":
+        # quantized first (from the file's own values), the rest then as bf16
+        ckpt.quantize_int8(int8_weight_names(resolved))
+        _resolve_dtype(ckpt, "bf16")
+        model_dtype = "int8"
+    else:
+        model_dtype = _resolve_dtype(ckpt, dtype)
     if preload:
         ckpt.preload()
     return Model(path, config, tokenizer, ckpt, model_dtype, backend, _core.get_num_threads())

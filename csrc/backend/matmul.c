@@ -6,8 +6,8 @@ dm_status dm_matmul(dm_backend backend, float *out, const float *x, const dm_ten
                     const dm_tensor *bias, int64_t M, int accumulate) {
     if (w->ndim != 2)
         return dm_fail(DM_ERR_VALUE, "matmul: weight must be 2-D, got %d-D", w->ndim);
-    if (w->dtype != DM_F32 && w->dtype != DM_BF16 && w->dtype != DM_F16)
-        return dm_fail(DM_ERR_TYPE, "matmul: weight dtype %s is not a float type",
+    if (!dm_tensor_is_weight(w))
+        return dm_fail(DM_ERR_TYPE, "matmul: weight dtype %s is not a float type (or int8 with row scales)",
                        dm_dtype_name(w->dtype));
     if (bias && (bias->ndim != 1 || bias->shape[0] != w->shape[0]))
         return dm_fail(DM_ERR_VALUE, "matmul: bias of %lld elements for %lld outputs",
@@ -30,6 +30,9 @@ dm_status dm_matmul_dx(dm_backend backend, float *dx, int64_t ldx, const float *
                        const dm_tensor *w, int64_t M, int accumulate) {
     if (w->ndim != 2)
         return dm_fail(DM_ERR_VALUE, "matmul dx: weight must be 2-D, got %d-D", w->ndim);
+    if (w->dtype == DM_I8)
+        return dm_fail(DM_ERR_TYPE, "matmul dx: int8 weights are for inference only (load the model in bf16 "
+                                    "or f32 to train)");
     if (w->dtype != DM_F32 && w->dtype != DM_BF16 && w->dtype != DM_F16)
         return dm_fail(DM_ERR_TYPE, "matmul dx: weight dtype %s is not a float type", dm_dtype_name(w->dtype));
     const int64_t N = w->shape[0], K = w->shape[1];

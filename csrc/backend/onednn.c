@@ -1,8 +1,10 @@
 /* oneDNN backend (v3 C API). bf16 weights are read in place from the mmap'd
  * checkpoint as a "ba"-strided B matrix; activations are rounded to bf16 for the
  * product and accumulate in f32 (what AMX / AVX512-BF16 compute). f32 weights
- * use the f32 matmul with default fpmath (no implicit down-conversion). */
+ * use the f32 matmul with default fpmath (no implicit down-conversion). int8
+ * weights (quantized at load) meet per-token int8 activations (int32 sums). */
 #include <oneapi/dnnl/dnnl.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -67,12 +69,14 @@ static dm_status build_primitive(prim_entry *out) {
     dnnl_dims_t dst_dims = {key->M, key->N}, dst_strides = {key->N, 1};
     dnnl_dims_t bias_dims = {1, key->N}, bias_strides = {key->N, 1};
     dnnl_data_type_t sdt = key->wdt == dnnl_f32 ? dnnl_f32 : key->wdt;
+    /* int8: s8 x s8 with int32 accumulation; the scales are applied by the caller */
+    const dnnl_data_type_t ddt = key->wdt == dnnl_s8 ? dnnl_s32 : dnnl_f32;
 
 #define CHECK(call, what) \
     if ((s = (call)) != dnnl_success) { st = dnnl_fail(s, what); goto done; }
     CHECK(dnnl_memory_desc_create_with_strides(&src_md, 2, src_dims, sdt, src_strides), "src desc");
     CHECK(dnnl_memory_desc_create_with_strides(&wei_md, 2, wei_dims, key->wdt, wei_strides), "weight desc");
-    CHECK(dnnl_memory_desc_create_with_strides(&dst_md, 2, dst_dims, dnnl_f32, dst_strides), "dst desc");
+    CHECK(dnnl_memory_desc_create_with_strides(&dst_md, 2, dst_dims, ddt, dst_strides), "dst desc");
     if (key->bdt != dnnl_data_type_undef)
         CHECK(dnnl_memory_desc_create_with_strides(&bias_md, 2, bias_dims, key->bdt, bias_strides), "bias desc");
     CHECK(dnnl_primitive_attr_create(&attr), "attr");
@@ -141,6 +145,8 @@ typedef struct {
     size_t cap;
     void *scratch;
     size_t scratch_cap;
+    void *q, *acc; /* int8 path: quantized activations + their scales, int32 products */
+    size_t q_cap, acc_cap;
 } act_buffer;
 
 static pthread_key_t dm_act_key;
@@ -150,6 +156,8 @@ static void act_buffer_free(void *p) {
     act_buffer *b = p;
     dm_free(b->data);
     dm_free(b->scratch);
+    dm_free(b->q);
+    dm_free(b->acc);
     dm_free(b);
 }
 
@@ -197,6 +205,18 @@ static void *scratch_get(size_t n) {
     return b->scratch;
 }
 
+/* Grow-only buffer *p of *cap bytes to at least n. */
+static void *grow(void **p, size_t *cap, size_t n, const char *what) {
+    if (*cap < n || !*p) {
+        void *d = dm_alloc(n ? n : 1, 1, what);
+        if (!d) return NULL;
+        dm_free(*p);
+        *p = d;
+        *cap = n;
+    }
+    return *p;
+}
+
 static dm_status make_memory(dnnl_memory_t *mem, int64_t d0, int64_t d1, int64_t s0, int64_t s1,
                              dnnl_data_type_t dt, const void *ptr) {
     dnnl_memory_desc_t md;
@@ -208,12 +228,53 @@ static dm_status make_memory(dnnl_memory_t *mem, int64_t d0, int64_t d1, int64_t
     return s == dnnl_success ? DM_OK : dnnl_fail(s, "memory");
 }
 
+/* Run the cached primitive for `key` on src [M,K] (type sdt), the weights as a
+ * "ba"-strided [K,N] B matrix, dst [M,N] (type ddt) and an optional bias. */
+static dm_status execute(prim_entry *key, const void *src, dnnl_data_type_t sdt, const void *wei, void *dst,
+                         dnnl_data_type_t ddt, const dm_tensor *bias) {
+    const int64_t M = key->M, N = key->N, K = key->K;
+    int owned = 0;
+    dnnl_memory_t msrc = NULL, mwei = NULL, mdst = NULL, mbias = NULL, mscratch = NULL;
+    dnnl_stream_t stream = NULL;
+    dm_status st = get_primitive(key, &owned);
+    if (st != DM_OK) goto done;
+    void *scratch = scratch_get(key->scratch_bytes);
+    if (!scratch) { st = DM_ERR_NOMEM; goto done; }
+    dnnl_status_t s = dnnl_memory_create(&mscratch, key->scratch_md, dm_engine, scratch);
+    if (s != dnnl_success) { st = dnnl_fail(s, "scratchpad memory"); goto done; }
+    if ((st = make_memory(&msrc, M, K, K, 1, sdt, src)) != DM_OK) goto done;
+    if ((st = make_memory(&mwei, K, N, 1, K, key->wdt, wei)) != DM_OK) goto done;
+    if ((st = make_memory(&mdst, M, N, N, 1, ddt, dst)) != DM_OK) goto done;
+    if (bias && (st = make_memory(&mbias, 1, N, N, 1, key->bdt, bias->data)) != DM_OK) goto done;
+    s = dnnl_stream_create(&stream, dm_engine, dnnl_stream_default_flags);
+    if (s != dnnl_success) { st = dnnl_fail(s, "stream"); goto done; }
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, msrc}, {DNNL_ARG_WEIGHTS, mwei}, {DNNL_ARG_DST, mdst},
+                               {DNNL_ARG_SCRATCHPAD, mscratch}, {DNNL_ARG_BIAS, mbias}};
+    s = dnnl_primitive_execute(key->prim, stream, bias ? 5 : 4, args);
+    if (s == dnnl_success) s = dnnl_stream_wait(stream);
+    if (s != dnnl_success) st = dnnl_fail(s, "matmul execution");
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    if (msrc) dnnl_memory_destroy(msrc);
+    if (mwei) dnnl_memory_destroy(mwei);
+    if (mdst) dnnl_memory_destroy(mdst);
+    if (mbias) dnnl_memory_destroy(mbias);
+    if (mscratch) dnnl_memory_destroy(mscratch);
+    if (owned && key->prim) dnnl_primitive_destroy(key->prim);
+    if (owned && key->scratch_md) dnnl_memory_desc_destroy(key->scratch_md);
+    return st;
+}
+
+static dm_status matmul_int8(float *out, const float *x, const dm_tensor *w, const dm_tensor *bias, int64_t M,
+                             int accumulate);
+
 dm_status dm_matmul_onednn(float *out, const float *x, const dm_tensor *w,
                            const dm_tensor *bias, int64_t M, int accumulate) {
     /* f16 weights would need f16 activations; the OpenBLAS path widens them. */
     if (w->dtype == DM_F16) return dm_matmul_openblas(out, x, w, bias, M, accumulate);
     pthread_once(&dm_engine_once, engine_init);
     if (dm_engine_status != dnnl_success) return dnnl_fail(dm_engine_status, "engine creation");
+    if (w->dtype == DM_I8) return matmul_int8(out, x, w, bias, M, accumulate);
 
     const int64_t N = w->shape[0], K = w->shape[1];
     prim_entry key = {M, N, K, to_dnnl(w->dtype), bias ? to_dnnl(bias->dtype) : dnnl_data_type_undef,
@@ -231,35 +292,54 @@ dm_status dm_matmul_onednn(float *out, const float *x, const dm_tensor *w,
         src = x16;
     }
 
-    int owned = 0;
-    dnnl_memory_t msrc = NULL, mwei = NULL, mdst = NULL, mbias = NULL, mscratch = NULL;
-    dnnl_stream_t stream = NULL;
-    dm_status st = get_primitive(&key, &owned);
-    if (st != DM_OK) goto done;
-    void *scratch = scratch_get(key.scratch_bytes);
-    if (!scratch) { st = DM_ERR_NOMEM; goto done; }
-    dnnl_status_t s = dnnl_memory_create(&mscratch, key.scratch_md, dm_engine, scratch);
-    if (s != dnnl_success) { st = dnnl_fail(s, "scratchpad memory"); goto done; }
-    if ((st = make_memory(&msrc, M, K, K, 1, key.wdt == dnnl_f32 ? dnnl_f32 : key.wdt, src)) != DM_OK) goto done;
-    if ((st = make_memory(&mwei, K, N, 1, K, key.wdt, w->data)) != DM_OK) goto done;
-    if ((st = make_memory(&mdst, M, N, N, 1, dnnl_f32, out)) != DM_OK) goto done;
-    if (bias && (st = make_memory(&mbias, 1, N, N, 1, key.bdt, bias->data)) != DM_OK) goto done;
-    s = dnnl_stream_create(&stream, dm_engine, dnnl_stream_default_flags);
-    if (s != dnnl_success) { st = dnnl_fail(s, "stream"); goto done; }
-    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, msrc}, {DNNL_ARG_WEIGHTS, mwei}, {DNNL_ARG_DST, mdst},
-                               {DNNL_ARG_SCRATCHPAD, mscratch}, {DNNL_ARG_BIAS, mbias}};
-    s = dnnl_primitive_execute(key.prim, stream, bias ? 5 : 4, args);
-    if (s == dnnl_success) s = dnnl_stream_wait(stream);
-    if (s != dnnl_success) st = dnnl_fail(s, "matmul execution");
-done:
-    if (stream) dnnl_stream_destroy(stream);
-    if (msrc) dnnl_memory_destroy(msrc);
-    if (mwei) dnnl_memory_destroy(mwei);
-    if (mdst) dnnl_memory_destroy(mdst);
-    if (mbias) dnnl_memory_destroy(mbias);
-    if (mscratch) dnnl_memory_destroy(mscratch);
-    if (owned && key.prim) dnnl_primitive_destroy(key.prim);
-    if (owned && key.scratch_md) dnnl_memory_desc_destroy(key.scratch_md);
+    return execute(&key, src, key.wdt == dnnl_f32 ? dnnl_f32 : key.wdt, w->data, out, dnnl_f32, bias);
+}
+
+/* int8 weights (per-row scales sw) meet activations quantized per token (sx):
+ * out[m,n] (+)= sx[m] sw[n] sum_k xq[m,k] wq[n,k] (+ bias[n]); the int32 sums come
+ * from oneDNN (VNNI / AMX-INT8), the scaling pass is ours. */
+static dm_status matmul_int8(float *out, const float *x, const dm_tensor *w, const dm_tensor *bias, int64_t M,
+                             int accumulate) {
+    const int64_t N = w->shape[0], K = w->shape[1];
+    act_buffer *b = thread_buffers();
+    if (!b) return DM_ERR_NOMEM;
+    char *qb = grow(&b->q, &b->q_cap, (size_t)(M * K) + 64 + (size_t)M * sizeof(float), "matmul int8 activations");
+    int32_t *acc = grow(&b->acc, &b->acc_cap, (size_t)(M * N) * sizeof(int32_t), "matmul int32 products");
+    float *bias_f = bias ? dm_alloc((size_t)N, sizeof(float), "matmul bias") : NULL;
+    if (!qb || !acc || (bias && !bias_f)) {
+        dm_free(bias_f);
+        return DM_ERR_NOMEM;
+    }
+    if (bias) dm_tensor_to_f32(bias, bias_f);
+    int8_t *xq = (int8_t *)qb;
+    float *sx = (float *)(qb + ((size_t)(M * K) + 63) / 64 * 64);
+    /* per token: scale = max |x| / 127, values rounded to nearest even */
+    #pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * K;
+        float amax = 0.0f;
+        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(xr[k]));
+        const float s = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / s;
+        for (int64_t k = 0; k < K; k++) xq[m * K + k] = (int8_t)lrintf(xr[k] * inv);
+        sx[m] = s;
+    }
+    prim_entry key = {M, N, K, dnnl_s8, dnnl_data_type_undef, 0, NULL, NULL, 0};
+    dm_status st = execute(&key, xq, dnnl_s8, w->data, acc, dnnl_s32, NULL);
+    if (st == DM_OK) {
+        const float *sw = w->row_scale;
+        #pragma omp parallel for schedule(static)
+        for (int64_t m = 0; m < M; m++) {
+            const int32_t *a = acc + m * N;
+            float *o = out + m * N;
+            const float s_m = sx[m];
+            #pragma omp simd
+            for (int64_t n = 0; n < N; n++) {
+                float v = (float)a[n] * (s_m * sw[n]) + (bias_f ? bias_f[n] : 0.0f);
+                o[n] = accumulate ? o[n] + v : v;
+            }
+        }
+    }
+    dm_free(bias_f);
     return st;
 }
 

@@ -46,13 +46,10 @@ dm_status dm_matmul_openblas(float *out, const float *x, const dm_tensor *w,
             dm_free(bias_f32);
             return DM_ERR_NOMEM;
         }
-        const size_t esz = dm_dtype_size(w->dtype);
         for (int64_t n0 = 0; n0 < N; n0 += rows) {
             int64_t nb = N - n0 < rows ? N - n0 : rows;
-            const char *src = (const char *)w->data + (size_t)n0 * (size_t)K * esz;
             #pragma omp parallel for schedule(static)
-            for (int64_t r = 0; r < nb; r++)
-                dm_to_f32_n(panel + r * K, src + (size_t)r * (size_t)K * esz, w->dtype, (size_t)K);
+            for (int64_t r = 0; r < nb; r++) dm_tensor_rows_f32(w, n0 + r, 1, panel + r * K);
             scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)nb, (int)K, 1.0f, x,
                         (int)K, panel, (int)K, accumulate ? 1.0f : 0.0f, out + n0, (int)N);
         }

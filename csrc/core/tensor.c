@@ -20,17 +20,33 @@ dm_status dm_tensor_expect(const dm_tensor *t, const char *what, int ndim, const
     return dm_fail(DM_ERR_VALUE, "%s: expected shape %s, got %s", what, want, got);
 }
 
-dm_status dm_tensor_row_f32(const dm_tensor *t, int64_t r, float *out) {
-    if (t->ndim != 2 || r < 0 || r >= t->shape[0])
-        return dm_fail(DM_ERR_INDEX, "row %lld out of range", (long long)r);
-    int64_t d = t->shape[1];
-    const char *base = (const char *)t->data + (size_t)r * (size_t)d * dm_dtype_size(t->dtype);
-    if (!dm_to_f32_n(out, base, t->dtype, (size_t)d))
+dm_status dm_tensor_rows_f32(const dm_tensor *t, int64_t r0, int64_t n, float *out) {
+    if (t->ndim != 2 || r0 < 0 || n < 0 || r0 + n > t->shape[0])
+        return dm_fail(DM_ERR_INDEX, "rows [%lld, %lld) out of range", (long long)r0, (long long)(r0 + n));
+    const int64_t d = t->shape[1];
+    const char *base = (const char *)t->data + (size_t)r0 * (size_t)d * dm_dtype_size(t->dtype);
+    if (t->dtype == DM_I8 && t->row_scale) {
+        for (int64_t r = 0; r < n; r++) {
+            const int8_t *q = (const int8_t *)base + r * d;
+            const float s = t->row_scale[r0 + r];
+            float *o = out + r * d;
+            for (int64_t c = 0; c < d; c++) o[c] = (float)q[c] * s;
+        }
+        return DM_OK;
+    }
+    if (!dm_to_f32_n(out, base, t->dtype, (size_t)(n * d)))
         return dm_fail(DM_ERR_TYPE, "tensor dtype %s is not a float type", dm_dtype_name(t->dtype));
     return DM_OK;
 }
 
+dm_status dm_tensor_row_f32(const dm_tensor *t, int64_t r, float *out) {
+    if (t->ndim != 2 || r < 0 || r >= t->shape[0])
+        return dm_fail(DM_ERR_INDEX, "row %lld out of range", (long long)r);
+    return dm_tensor_rows_f32(t, r, 1, out);
+}
+
 dm_status dm_tensor_to_f32(const dm_tensor *t, float *out) {
+    if (t->dtype == DM_I8 && t->row_scale) return dm_tensor_rows_f32(t, 0, t->shape[0], out);
     if (!dm_to_f32_n(out, t->data, t->dtype, (size_t)dm_tensor_numel(t)))
         return dm_fail(DM_ERR_TYPE, "tensor dtype %s is not a float type", dm_dtype_name(t->dtype));
     return DM_OK;

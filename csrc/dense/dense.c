@@ -32,8 +32,8 @@ dm_status dense_class_logits(dm_backend backend, float *out, const float *hidden
                        (long long)D, (long long)K);
     if (!head || head->ndim != 2 || head->shape[1] != D)
         return dm_fail(DM_ERR_VALUE, "dense logits: LM head must be [vocab, %lld]", (long long)D);
-    if (head->dtype != DM_F32 && head->dtype != DM_BF16 && head->dtype != DM_F16)
-        return dm_fail(DM_ERR_TYPE, "dense logits: LM head dtype %s is not a float type",
+    if (!dm_tensor_is_weight(head))
+        return dm_fail(DM_ERR_TYPE, "dense logits: LM head dtype %s is not a float type (or int8 with row scales)",
                        dm_dtype_name(head->dtype));
     int64_t vocab = head->shape[0];
     if (offsets[0] != 0) return dm_fail(DM_ERR_VALUE, "dense logits: offsets[0] must be 0");
@@ -60,16 +60,20 @@ dm_status dense_class_logits(dm_backend backend, float *out, const float *hidden
     char *rows = dm_alloc((size_t)U, row, "dense logits head rows");
     float *z = rows ? dm_alloc((size_t)T * (size_t)U, sizeof(float), "dense logits scratch") : NULL;
     int64_t *col = z ? dm_alloc((size_t)nid, sizeof(int64_t), "dense logits columns") : NULL;
-    if (!col) {
-        dm_free(z); dm_free(rows); dm_free(uniq);
+    float *scales = col && head->row_scale ? dm_alloc((size_t)U, sizeof(float), "dense logits row scales") : NULL;
+    if (!col || (head->row_scale && !scales)) {
+        dm_free(scales); dm_free(col); dm_free(z); dm_free(rows); dm_free(uniq);
         return DM_ERR_NOMEM;
     }
     const char *src = head->data;
     #pragma omp parallel for schedule(static)
-    for (int64_t u = 0; u < U; u++) memcpy(rows + (size_t)u * row, src + (size_t)uniq[u] * row, row);
+    for (int64_t u = 0; u < U; u++) {
+        memcpy(rows + (size_t)u * row, src + (size_t)uniq[u] * row, row);
+        if (scales) scales[u] = head->row_scale[uniq[u]];
+    }
     for (int64_t j = 0; j < nid; j++) col[j] = find_sorted(uniq, U, ids[j]);
 
-    dm_tensor w = {.data = rows, .dtype = head->dtype, .ndim = 2, .shape = {U, D}};
+    dm_tensor w = {.data = rows, .dtype = head->dtype, .ndim = 2, .shape = {U, D}, .row_scale = scales};
     dm_status st = dm_matmul(backend, z, hidden, &w, NULL, T, 0);
     if (st == DM_OK) {
         #pragma omp parallel for schedule(static)
@@ -84,7 +88,7 @@ dm_status dense_class_logits(dm_backend backend, float *out, const float *hidden
     } else {
         dm_fail_context(st, "dense logits: ");
     }
-    dm_free(col); dm_free(z); dm_free(rows); dm_free(uniq);
+    dm_free(scales); dm_free(col); dm_free(z); dm_free(rows); dm_free(uniq);
     return st;
 }
 

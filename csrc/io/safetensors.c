@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,6 +325,7 @@ struct dm_checkpoint {
     st_entry *entries; /* sorted by name */
     int64_t n;
     int converted;
+    int quantized;
 };
 
 static _Thread_local int st_errno;
@@ -764,3 +766,93 @@ int64_t dm_checkpoint_preload(dm_checkpoint *c) {
     return touched;
 }
 
+dm_status dm_checkpoint_quantize_i8(dm_checkpoint *c, const char *const *names, int64_t n_names) {
+    if (!c) return dm_fail(DM_ERR_VALUE, "no checkpoint");
+    if (c->quantized) return dm_fail(DM_ERR_VALUE, "checkpoint is already quantized; load it again");
+    st_entry **es = calloc((size_t)(n_names ? n_names : 1), sizeof *es);
+    void **bufs = calloc((size_t)(n_names ? n_names : 1), sizeof *bufs);
+    dm_status st = DM_OK;
+    if (!es || !bufs) {
+        st = dm_fail(DM_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    /* validate and allocate everything first: a failure leaves the checkpoint unchanged */
+    for (int64_t i = 0; i < n_names; i++) {
+        st_entry *e = (st_entry *)lookup(c, names[i]);
+        if (!e) {
+            st = dm_fail(DM_ERR_VALUE, "quantize: missing tensor '%s'", names[i]);
+            goto fail;
+        }
+        const dm_dtype t = e->view.dtype;
+        if (e->view.ndim != 2 || (t != DM_F32 && t != DM_BF16 && t != DM_F16)) {
+            st = dm_fail(DM_ERR_TYPE, "quantize: '%s' is %s with %d dims (a 2-D float weight is needed)", names[i],
+                         dm_dtype_name(t), e->view.ndim);
+            goto fail;
+        }
+        if (e->owned) { /* freeing a converted copy would invalidate views already handed out */
+            st = dm_fail(DM_ERR_VALUE, "quantize: '%s' was converted to %s already; quantize the file's own "
+                                       "weights (open the checkpoint again)", names[i], dm_dtype_name(t));
+            goto fail;
+        }
+        for (int64_t j = 0; j < i; j++)
+            if (es[j] == e) {
+                st = dm_fail(DM_ERR_VALUE, "quantize: '%s' is listed twice", names[i]);
+                goto fail;
+            }
+        const int64_t R = e->view.shape[0], K = e->view.shape[1];
+        bufs[i] = dm_alloc((size_t)((R * 4 + 63) / 64 * 64 + R * K), 1, e->name);
+        if (!bufs[i]) {
+            st = dm_fail_context(DM_ERR_NOMEM, "quantizing '%s' to int8: ", names[i]);
+            goto fail;
+        }
+        es[i] = e;
+    }
+    for (int64_t i = 0; i < n_names; i++) {
+        st_entry *e = es[i];
+        const int64_t R = e->view.shape[0], K = e->view.shape[1];
+        const dm_dtype sd = e->view.dtype;
+        const size_t esz = dm_dtype_size(sd);
+        float *scale = bufs[i];
+        int8_t *q = (int8_t *)((char *)bufs[i] + (R * 4 + 63) / 64 * 64);
+        const char *src = e->view.data;
+        /* per output row: scale = max |w| / 127, q = round(w / scale) (nearest even) */
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < R; r++) {
+            float tmp[1024];
+            const char *row = src + (size_t)(r * K) * esz;
+            float amax = 0.0f;
+            for (int64_t k0 = 0; k0 < K; k0 += 1024) {
+                const int64_t w = K - k0 < 1024 ? K - k0 : 1024;
+                dm_to_f32_n(tmp, row + (size_t)k0 * esz, sd, (size_t)w);
+                for (int64_t k = 0; k < w; k++) amax = fmaxf(amax, fabsf(tmp[k]));
+            }
+            const float s = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / s;
+            for (int64_t k0 = 0; k0 < K; k0 += 1024) {
+                const int64_t w = K - k0 < 1024 ? K - k0 : 1024;
+                dm_to_f32_n(tmp, row + (size_t)k0 * esz, sd, (size_t)w);
+                for (int64_t k = 0; k < w; k++) q[r * K + k0 + k] = (int8_t)lrintf(tmp[k] * inv);
+            }
+            scale[r] = s;
+        }
+        { /* the mapped float pages leave our RSS (re-read from the file if touched) */
+            long pg = sysconf(_SC_PAGESIZE);
+            uintptr_t a = ((uintptr_t)src + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+            uintptr_t z = ((uintptr_t)src + (size_t)(R * K) * esz) & ~((uintptr_t)pg - 1);
+            if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
+        }
+        e->owned = bufs[i];
+        e->view.data = q;
+        e->view.dtype = DM_I8;
+        e->view.row_scale = scale;
+    }
+    c->quantized = 1;
+    free(es);
+    free(bufs);
+    return DM_OK;
+fail:
+    if (bufs)
+        for (int64_t i = 0; i < n_names; i++) dm_free(bufs[i]);
+    free(es);
+    free(bufs);
+    return st;
+}

@@ -51,6 +51,12 @@ dm_status dm_checkpoint_narrow_bf16(dm_checkpoint *c);
  * FileNotFoundError / PermissionError. */
 int dm_checkpoint_open_errno(void);
 
+/* Replace the named 2-D float weights by owned int8 copies with one f32 scale
+ * per row (symmetric: scale = max|row| / 127, values rounded to nearest); the
+ * views become DM_I8 with row_scale set (core/tensor.h). All copies are
+ * allocated before any is made, so a failure changes nothing; once per checkpoint. */
+dm_status dm_checkpoint_quantize_i8(dm_checkpoint *c, const char *const *names, int64_t n_names);
+
 /* Bring every still-mapped tensor's pages into memory and map them
  * (MADV_WILLNEED, then one read per page, in parallel), so the first forward
  * pass takes no page faults. Returns the bytes covered. */

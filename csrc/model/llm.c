@@ -160,8 +160,9 @@ dm_status dm_llm_create_bound(const dm_llm_config *k, int64_t kv_groups, dm_back
     }
     if ((s = dm_llm_params(k, kv_groups, m, bind, ctx))) goto fail;
     if (k->tied) m->head = m->embed;
-    if (!is_float_dtype(m->embed.dtype)) {
-        s = dm_fail(DM_ERR_TYPE, "embed_tokens.weight: dtype %s is not a float type", dm_dtype_name(m->embed.dtype));
+    if (!dm_tensor_is_weight(&m->embed)) {
+        s = dm_fail(DM_ERR_TYPE, "embed_tokens.weight: dtype %s is not a float type (or int8 with row scales)",
+                    dm_dtype_name(m->embed.dtype));
         goto fail;
     }
     for (int64_t i = 0; i < k->n_layers; i++)

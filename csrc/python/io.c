@@ -305,6 +305,41 @@ static PyObject *convert(CheckpointObject *self, int widen) {
 static PyObject *Checkpoint_widen_f32(CheckpointObject *self, PyObject *unused) { return convert(self, 1); }
 static PyObject *Checkpoint_narrow_bf16(CheckpointObject *self, PyObject *unused) { return convert(self, 0); }
 
+static PyObject *Checkpoint_quantize_int8(CheckpointObject *self, PyObject *names_obj) {
+    dm_checkpoint *c = ready(self);
+    if (!c) return NULL;
+    PyObject *seq = PySequence_Fast(names_obj, "quantize_int8: names must be a sequence of str");
+    if (!seq) return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    const char **names = PyMem_Calloc((size_t)(n ? n : 1), sizeof *names);
+    if (!names) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyUnicode_Check(it) || !(names[i] = PyUnicode_AsUTF8(it))) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "quantize_int8: names[%zd] must be a str, got %s", i,
+                             Py_TYPE(it)->tp_name);
+            PyMem_Free(names);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    dm_status st;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    dm_threads_enter();
+    st = dm_checkpoint_quantize_i8(c, names, (int64_t)n);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    PyMem_Free(names);
+    Py_DECREF(seq);
+    if (st != DM_OK) return dm_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Checkpoint_preload(CheckpointObject *self, PyObject *unused) {
     dm_checkpoint *c = ready(self);
     if (!c) return NULL;
@@ -361,6 +396,8 @@ static PyMethodDef Checkpoint_methods[] = {
      "Replace F32/F16 tensors by owned bf16 copies (dtype='bf16' load of a float32 file)."},
     {"find_weight", (PyCFunction)Checkpoint_find_weight, METH_VARARGS,
      "find_weight(prefixes, name, shape) -> array of the first prefix+name present; shape checked."},
+    {"quantize_int8", (PyCFunction)Checkpoint_quantize_int8, METH_O,
+     "quantize_int8(names): the named 2-D weights become owned int8 copies with per-row f32 scales."},
     {"preload", (PyCFunction)Checkpoint_preload, METH_NOARGS,
      "preload() -> bytes: fault in the mapped weights now (madvise + one read per page)."},
     {"files", (PyCFunction)Checkpoint_files, METH_NOARGS, "files() -> list of the safetensors paths."},
