@@ -449,34 +449,53 @@ def llamacpp_convert(args, src, log):
 
 
 def stage_llamacpp(args):
+    """llama-bench prefill / decode and mtmd image encoding. Every llama-bench result
+    is kept in CACHE/llamacpp-results.json as it arrives (a run that stops keeps what
+    it measured; delete the file to measure again). Decode at a depth first fills the
+    context (llama-bench -d), which at 4096 tokens costs minutes per run: the contexts
+    are --llamacpp-contexts."""
     log = Path(args.cache) / "llamacpp.log"
     src, bindir = llamacpp_build(args, log)
     files = llamacpp_convert(args, src, log)
-    res = {}
-    ctxs = ",".join(str(c) for c in args.contexts)
+    store = Path(args.cache) / "llamacpp-results.json"
+    res = json.loads(store.read_text()) if store.exists() else {}
+    ctxs = [int(c) for c in args.llamacpp_contexts.split(",")]
+
+    def save():
+        from densemllm._atomic import atomic_write
+        atomic_write(store, json.dumps(res, indent=1))
+
     for kind in ("bf16", "q8_0"):
         def bench(extra, repack):
             cmd = [str(bindir / "llama-bench"), "-m", str(files[kind]), "-t", str(args.threads), "-r",
-                   str(args.repeat), "-o", "json", "--repack", str(repack), *extra]
+                   str(args.repeat), "-o", "json", "--no-warmup", "--repack", str(repack), *extra]
             r = subprocess.run(cmd, capture_output=True, text=True)
             return json.loads(r.stdout) if r.returncode == 0 else None
 
         # repacked weights (llama.cpp's default) first; this build aborts on them for Q8_0
         # of this model (GGML_ASSERT in the scheduler, SIGILL with k_b/v_b kept bf16), so
         # fall back to the plain layout and say so
-        for repack in (1, 0):
-            pre = bench(["-p", ctxs, "-n", "0"], repack)
-            if pre is not None:
+        repack = res.get(f"{kind} repack", 1)
+        for c in ctxs:
+            if f"{kind} prefill {c} tok/s" in res:
+                continue
+            rows = bench(["-p", str(c), "-n", "0"], repack)
+            if rows is None and repack == 1:
+                res[f"{kind} repack=1 failed"], repack = True, 0
+                rows = bench(["-p", str(c), "-n", "0"], repack)
+            if rows is None:
+                res[f"{kind} error"] = "llama-bench failed with and without --repack"
                 break
-            res[f"{kind} repack=1 failed"] = True
-        if pre is None:
-            res[f"{kind} error"] = "llama-bench failed with and without --repack"
-            continue
-        res[f"{kind} repack"] = repack
-        for row in pre:
-            res[f"{kind} prefill {row['n_prompt']} tok/s"] = row["avg_ts"]
-        for row in bench(["-p", "0", "-n", str(max(args.decode, 8)), "-d", ctxs], repack) or []:
-            res[f"{kind} decode {row['n_depth']} tok/s"] = row["avg_ts"]
+            res[f"{kind} repack"] = repack
+            res[f"{kind} prefill {c} tok/s"] = rows[0]["avg_ts"]
+            save()
+        for c in ctxs:
+            if f"{kind} decode {c} tok/s" in res or f"{kind} error" in res:
+                continue
+            rows = bench(["-p", "0", "-n", str(max(args.decode, 8)), "-d", str(c)], repack)
+            if rows:
+                res[f"{kind} decode {c} tok/s"] = rows[0]["avg_ts"]
+                save()
     import numpy as np
     from PIL import Image
 
@@ -485,6 +504,8 @@ def stage_llamacpp(args):
         Image.fromarray(np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(img)
         cmd = [str(bindir / "llama-mtmd-cli"), "-m", str(files["bf16"]), "--mmproj", str(files["mmproj"]),
                "--image", str(img), "-p", "Describe.", "-n", "1", "-t", str(args.threads), "--no-warmup", "--jinja"]
+        if f"encode {side} s" in res:
+            continue
         ms = []
         for _ in range(args.repeat):
             r = subprocess.run(cmd, capture_output=True, text=True)
@@ -499,6 +520,7 @@ def stage_llamacpp(args):
             ms.append(sum(got) / 1e3)
         if ms:
             res[f"encode {side} s"] = ms
+            save()
     return res
 
 
@@ -507,7 +529,7 @@ STAGES = {"machine": stage_machine, "ours": stage_ours, "hf": stage_hf, "llamacp
 
 def run_stage(name, args, dtype="bf16"):
     cmd = [sys.executable, __file__, "--stage", name, "--ckpt", str(args.ckpt), "--threads", str(args.threads),
-           "--dtype", dtype,
+           "--dtype", dtype, "--llamacpp-contexts", args.llamacpp_contexts,
            "--depth", args.depth,
            "--contexts", ",".join(map(str, args.contexts)), "--decode", str(args.decode), "--repeat",
            str(args.repeat), "--cache", str(args.cache), "--llamacpp", str(args.llamacpp)]
@@ -633,6 +655,47 @@ def report(res, args):
     for k, v in lc.items():
         if "error" in k:
             lines.append(f"llama.cpp {k}: {v[-400:]}")
+    lines += ["", "acceptance (issue 16), from the numbers above:"]
+
+    def check(what, ok):
+        lines.append(f"  [{'not measured' if ok is None else 'PASS' if ok else 'FAIL'}] {what}")
+
+    def all_or_none(vals):
+        vals = list(vals)
+        return None if not vals or any(v is None for v in vals) else all(vals)
+
+    dec = {c: pick(ours, f"decode {c} s/token") for c in args.contexts}
+    lcb = {c: lc.get(f"bf16 decode {c} tok/s") for c in args.contexts}
+    check("decode faster than llama.cpp bf16 at every context",
+          all_or_none(None if dec[c] is None or not lcb[c] else dec[c] < 1 / lcb[c] for c in args.contexts))
+    check("decode >= 90% of the read-bandwidth floor up to context 1536, >= 85% at 4096",
+          all_or_none(None if dec[c] is None else decode_bytes(t, c) / (bw * 1e9) / dec[c] >= (0.9 if c <= 1536 else 0.85)
+                      for c in args.contexts))
+    p794 = pick(ours, "prefill 794 s")
+    check("prefill 794 tokens >= 90% of the bf16 matmul peak",
+          None if p794 is None else prefill_flops(t, 794) / peak / p794 >= 0.9)
+    check("vision >= 85% of the bf16 matmul peak at 512^2 and 1024^2",
+          all_or_none(None if pick(ours, f"encode {sd} s") is None else
+                      vision_flops(sd) / peak / pick(ours, f"encode {sd} s") >= 0.85 for sd in (512, 1024)))
+    if segs:
+        check("segment(512^2, 150 classes) within 1.15x of its floor", sb["wall"] <= 1.15 * floor)
+    else:
+        check("segment(512^2, 150 classes) within 1.15x of its floor", None)
+    if hf:
+        check("faster than transformers for prefill and decode at every context",
+              all_or_none(None if pick(ours, f"{k} {c} {u}") is None or pick(hf, f"{k} {c} {u}") is None else
+                          pick(ours, f"{k} {c} {u}") < pick(hf, f"{k} {c} {u}")
+                          for c in args.contexts for k, u in (("prefill", "s"), ("decode", "s/token"))))
+    if q8:
+        p8 = {c: pick(q8, f"prefill {c} s") for c in args.contexts}
+        d8 = {c: pick(q8, f"decode {c} s/token") for c in args.contexts}
+        check("int8 prefill >= 1.6x faster than bf16 (every context)",
+              all_or_none(None if p8[c] is None else pick(ours, f"prefill {c} s") / p8[c] >= 1.6 for c in args.contexts))
+        check("int8 decode >= 1.7x faster than bf16 (every context)",
+              all_or_none(None if d8[c] is None else dec[c] / d8[c] >= 1.7 for c in args.contexts))
+        check("int8 decode faster than llama.cpp Q8_0 (every context)",
+              all_or_none(None if d8[c] is None or not lc.get(f"q8_0 decode {c} tok/s") else
+                          d8[c] < 1 / lc[f"q8_0 decode {c} tok/s"] for c in args.contexts))
     return "\n".join(lines)
 
 
@@ -660,6 +723,9 @@ def main():
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--skip-int8", action="store_true")
+    ap.add_argument("--llamacpp-contexts", default="283,794,1536",
+                    help="llama.cpp prefill and decode contexts (each decode depth is filled first)")
+    ap.add_argument("--report", help="print the tables of a saved --json file (same --depth) and exit")
     ap.add_argument("--json", default=str(HERE / "full.json"))
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "int8"], help="(stage ours)")
     ap.add_argument("--depth", default="40,27", help="LLM,vision layers (fewer: a quick check of the script)")
@@ -671,6 +737,11 @@ def main():
     args.llamacpp = args.llamacpp or str(Path(args.cache) / "llamacpp")
     if args.stage:
         print(json.dumps(STAGES[args.stage](args)))
+        return
+    if args.report:  # the tables again from a saved --json file
+        saved = json.loads(Path(args.report).read_text())
+        args.contexts = saved["contexts"]
+        print(report(saved, args))
         return
     print(f"CPU: {cpu_line()}", flush=True)
     t0 = time.perf_counter()
