@@ -67,7 +67,7 @@ fuzz_rle_SRC = csrc/dense/rle.c csrc/core/status.c
 .SECONDEXPANSION:
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $$(fuzz_$$*_SRC) $$(wildcard csrc/*/*.h)
 	mkdir -p build/fuzz
-	$(CLANG) $(FUZZ_CFLAGS) -o $@ $< $(fuzz_$*_SRC)
+	$(CLANG) $(FUZZ_CFLAGS) -o $@ $< $(fuzz_$*_SRC) -lm
 fuzz: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 	set -e; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus/$$t; echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \

@@ -215,8 +215,9 @@ def test_small_api_items(tmp_path, capsys):
     # dtype aliases
     assert densemllm.load(path, dtype="float32").dtype == "f32"
     assert densemllm.load(path, dtype="bfloat16").dtype == densemllm.load(path, dtype="bf16").dtype
+    assert densemllm.load(path, dtype="int8").dtype == "int8"
     with pytest.raises(ValueError, match="dtype"):
-        densemllm.load(path, dtype="int8")
+        densemllm.load(path, dtype="int4")
     # unknown keywords name the public function
     with pytest.raises(TypeError, match=r"^chat\(\) got an unexpected keyword argument 'temprature'"):
         m.chat(img, "hi", temprature=0.5)

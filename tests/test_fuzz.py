@@ -47,7 +47,8 @@ def plain_env(**extra):
 
 def build(tmp_path, name, harness, sources):
     exe = tmp_path / f"fuzz_{name}"
-    cmd = ["gcc", *CFLAGS, "-o", str(exe), str(harness), str(FUZZ / "driver.c"), *(str(ROOT / s) for s in sources)]
+    cmd = ["gcc", *CFLAGS, "-o", str(exe), str(harness), str(FUZZ / "driver.c"),
+           *(str(ROOT / s) for s in sources), "-lm"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=plain_env())
     assert r.returncode == 0, r.stderr
     return exe

@@ -1,4 +1,6 @@
 /* Binding: build information, threads, and the raw matmul (for backend tests). */
+#include <string.h>
+
 #include "python/binding.h"
 
 #include "core/interrupt.h"
@@ -50,6 +52,7 @@ int dm_py_check_array(PyObject *obj, const char *what, int type_num, int ndim) {
 }
 
 int dm_py_weight_view(PyObject *obj, const char *what, int is_bf16, dm_tensor *out) {
+    memset(out, 0, sizeof *out); /* row_scale and every field not set below stay zero */
     if (!dm_py_check_array(obj, what, is_bf16 ? NPY_UINT16 : NPY_FLOAT32, -1)) return 0;
     PyArrayObject *a = (PyArrayObject *)obj;
     if (PyArray_NDIM(a) < 1 || PyArray_NDIM(a) > DM_MAX_DIMS) {
