@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
         ids = (m.tokenizer.encode("The quick brown fox jumps over the lazy dog. ") * 100)[:800]
         call = lambda: m.forward(ids)
     else:
-        img = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+        img = np.random.default_rng(0).integers(0, 256, (1024, 1536, 3), dtype=np.uint8)
         call = lambda: m.encode_image(img)
     call()  # warm-up (primitive creation)
     t = time.perf_counter(); ref = call(); full = time.perf_counter() - t
