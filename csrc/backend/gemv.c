@@ -1,11 +1,11 @@
 /* Small-M products over bf16 / f32 weight rows (see gemv.h). */
 #include "backend/gemv.h"
 
-#include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/quant.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -105,7 +105,6 @@ static inline void rows_dot1_i8(const char *w0, size_t row_bytes, const int16_t 
 
 static inline void rows_dot1(const char *w0, size_t row_bytes, int kind, const float *x, int64_t K,
                               float *res) {
-
     const void *w[GEMV_R];
     __m512 a[GEMV_R];
     for (int r = 0; r < GEMV_R; r++) {
@@ -189,19 +188,16 @@ dm_status dm_gemv(float *out, const float *x, const dm_tensor *w, const dm_tenso
     if (M == 1) {
         const int64_t N4 = N / GEMV_R;
         const size_t rb = (size_t)K * esz;
-        int16_t *x16 = NULL;
+        int16_t x16_stack[16384], *x16 = NULL, *x16_heap = NULL; /* no allocation per decode step */
         float sx = 1.0f;
         if (kind == W_I8) {
-            x16 = dm_alloc((size_t)K, sizeof(int16_t), "gemv int16 activations");
+            x16 = K <= 16384 ? x16_stack : (x16_heap = dm_alloc((size_t)K, sizeof(int16_t), "gemv int16 activations"));
             if (!x16) {
                 dm_free(bias_heap);
                 return DM_ERR_NOMEM;
             }
-            float amax = 0.0f;
-            for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
-            sx = amax > 0.0f ? amax / 32767.0f : 1.0f;
-            const float inv = 1.0f / sx;
-            for (int64_t k = 0; k < K; k++) x16[k] = (int16_t)lrintf(x[k] * inv);
+            sx = dm_quant_scale(dm_absmax(x, K), 32767.0f);
+            dm_quantize_i16(x16, x, K, 1.0f / sx);
         }
         #pragma omp parallel for schedule(static) if (N * K > 32768)
         for (int64_t q = 0; q < N4; q++) {
@@ -222,7 +218,7 @@ dm_status dm_gemv(float *out, const float *x, const dm_tensor *w, const dm_tenso
             float v = res[0] * (rs ? rs[n] : 1.0f) + (bias_f ? bias_f[n] : 0.0f);
             out[n] = accumulate ? out[n] + v : v;
         }
-        dm_free(x16);
+        dm_free(x16_heap);
         dm_free(bias_heap);
         return DM_OK;
     }

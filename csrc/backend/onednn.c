@@ -11,6 +11,7 @@
 
 #include "backend/matmul.h"
 #include "core/alloc.h"
+#include "core/quant.h"
 
 static dnnl_engine_t dm_engine;
 static dnnl_status_t dm_engine_status = dnnl_runtime_error;
@@ -141,8 +142,8 @@ static dm_status get_primitive(prim_entry *key, int *owned) {
  * largest size seen by the calling thread (one per Python thread) and is freed by
  * the key's destructor at thread exit. */
 typedef struct {
-    uint16_t *data;
-    size_t cap;
+    void *data; /* bf16 activations */
+    size_t cap; /* bytes */
     void *scratch;
     size_t scratch_cap;
     void *q, *acc; /* int8 path: quantized activations + their scales, int32 products */
@@ -180,41 +181,13 @@ static act_buffer *thread_buffers(void) {
 
 static uint16_t *act_buffer_get(size_t n) {
     act_buffer *b = thread_buffers();
-    if (!b) return NULL;
-    if (b->cap < n) {
-        uint16_t *d = dm_alloc(n, sizeof(uint16_t), "matmul bf16 activations");
-        if (!d) return NULL;
-        dm_free(b->data);
-        b->data = d;
-        b->cap = n;
-    }
-    return b->data;
+    return b ? dm_grow(&b->data, &b->cap, n * sizeof(uint16_t), "matmul bf16 activations") : NULL;
 }
 
 /* The calling thread's scratchpad of at least n bytes (n may be 0). */
 static void *scratch_get(size_t n) {
     act_buffer *b = thread_buffers();
-    if (!b) return NULL;
-    if (b->scratch_cap < n || !b->scratch) {
-        void *d = dm_alloc(n ? n : 1, 1, "matmul scratchpad");
-        if (!d) return NULL;
-        dm_free(b->scratch);
-        b->scratch = d;
-        b->scratch_cap = n;
-    }
-    return b->scratch;
-}
-
-/* Grow-only buffer *p of *cap bytes to at least n. */
-static void *grow(void **p, size_t *cap, size_t n, const char *what) {
-    if (*cap < n || !*p) {
-        void *d = dm_alloc(n ? n : 1, 1, what);
-        if (!d) return NULL;
-        dm_free(*p);
-        *p = d;
-        *cap = n;
-    }
-    return *p;
+    return b ? dm_grow(&b->scratch, &b->scratch_cap, n, "matmul scratchpad") : NULL;
 }
 
 static dm_status make_memory(dnnl_memory_t *mem, int64_t d0, int64_t d1, int64_t s0, int64_t s1,
@@ -303,8 +276,8 @@ static dm_status matmul_int8(float *out, const float *x, const dm_tensor *w, con
     const int64_t N = w->shape[0], K = w->shape[1];
     act_buffer *b = thread_buffers();
     if (!b) return DM_ERR_NOMEM;
-    char *qb = grow(&b->q, &b->q_cap, (size_t)(M * K) + 64 + (size_t)M * sizeof(float), "matmul int8 activations");
-    int32_t *acc = grow(&b->acc, &b->acc_cap, (size_t)(M * N) * sizeof(int32_t), "matmul int32 products");
+    char *qb = dm_grow(&b->q, &b->q_cap, (size_t)(M * K) + 64 + (size_t)M * sizeof(float), "matmul int8 activations");
+    int32_t *acc = dm_grow(&b->acc, &b->acc_cap, (size_t)(M * N) * sizeof(int32_t), "matmul int32 products");
     float *bias_f = bias ? dm_alloc((size_t)N, sizeof(float), "matmul bias") : NULL;
     if (!qb || !acc || (bias && !bias_f)) {
         dm_free(bias_f);
@@ -313,15 +286,11 @@ static dm_status matmul_int8(float *out, const float *x, const dm_tensor *w, con
     if (bias) dm_tensor_to_f32(bias, bias_f);
     int8_t *xq = (int8_t *)qb;
     float *sx = (float *)(qb + ((size_t)(M * K) + 63) / 64 * 64);
-    /* per token: scale = max |x| / 127, values rounded to nearest even */
+    /* one scale per token (core/quant.h) */
     #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < M; m++) {
-        const float *xr = x + m * K;
-        float amax = 0.0f;
-        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(xr[k]));
-        const float s = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / s;
-        for (int64_t k = 0; k < K; k++) xq[m * K + k] = (int8_t)lrintf(xr[k] * inv);
-        sx[m] = s;
+        sx[m] = dm_quant_scale(dm_absmax(x + m * K, K), 127.0f);
+        dm_quantize_i8(xq + m * K, x + m * K, K, 1.0f / sx[m]);
     }
     prim_entry key = {M, N, K, dnnl_s8, dnnl_data_type_undef, 0, NULL, NULL, 0};
     dm_status st = execute(&key, xq, dnnl_s8, w->data, acc, dnnl_s32, NULL);

@@ -27,6 +27,16 @@ void *dm_calloc(size_t n, size_t size, const char *what) {
 
 void dm_free(void *p) { free(p); }
 
+void *dm_grow(void **p, size_t *cap, size_t n, const char *what) {
+    if (*p && *cap >= n) return *p;
+    void *d = dm_alloc(n ? n : 1, 1, what);
+    if (!d) return NULL;
+    dm_free(*p);
+    *p = d;
+    *cap = n;
+    return d;
+}
+
 dm_status dm_arena_init(dm_arena *a, size_t cap) {
     a->base = dm_alloc(cap, 1, "activation arena");
     a->cap = a->base ? cap : 0;

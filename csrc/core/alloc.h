@@ -11,6 +11,11 @@ void *dm_alloc(size_t n, size_t size, const char *what);
 void *dm_calloc(size_t n, size_t size, const char *what);
 void dm_free(void *p);
 
+/* A grow-only buffer kept between calls: *p (of *cap bytes) replaced by a fresh
+ * block when it is absent or smaller than n bytes (contents not kept). Returns
+ * *p, or NULL (and *p unchanged) when the allocation fails. */
+void *dm_grow(void **p, size_t *cap, size_t n, const char *what);
+
 /* A bump arena: many buffers, one free. */
 typedef struct {
     char *base;

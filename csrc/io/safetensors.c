@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/quant.h"
 
 /* A hostile header must not make us allocate gigabytes; real ones are < 10 MB. */
 #define ST_HEADER_CAP ((uint64_t)100 * 1024 * 1024)
@@ -667,6 +668,15 @@ dm_status dm_checkpoint_weight(const dm_checkpoint *c, const char *const *prefix
     return dm_fail(DM_ERR_VALUE, "missing tensor: none of %s in the checkpoint", tried);
 }
 
+/* Drop the whole pages of a mapped tensor's source bytes from our RSS: clean
+ * private file pages are simply re-read from the file should anyone touch them
+ * again (what a converted or quantized tensor leaves behind). */
+static void drop_mapped_pages(const void *src, size_t bytes) {
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)src + pg - 1) & ~(pg - 1), z = ((uintptr_t)src + bytes) & ~(pg - 1);
+    if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
+}
+
 /* Convert every tensor of dtype in `from` (bitmask over dm_dtype) to `to`. All
  * copies are allocated first so a failure leaves the checkpoint unchanged. */
 static dm_status convert_all(dm_checkpoint *c, unsigned from, dm_dtype to) {
@@ -718,12 +728,7 @@ static dm_status convert_all(dm_checkpoint *c, unsigned from, dm_dtype to) {
         }
         /* Drop the mapped source pages from our RSS: clean private file pages are
          * simply re-read from the file should anyone touch them again. */
-        if (e->owned == NULL) {
-            long pg = sysconf(_SC_PAGESIZE);
-            uintptr_t a = ((uintptr_t)src + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
-            uintptr_t z = ((uintptr_t)src + n * dm_dtype_size(sd)) & ~((uintptr_t)pg - 1);
-            if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
-        }
+        if (e->owned == NULL) drop_mapped_pages(src, n * dm_dtype_size(sd));
         dm_free(e->owned);
         e->owned = dst;
         e->view.data = dst;
@@ -815,7 +820,7 @@ dm_status dm_checkpoint_quantize_i8(dm_checkpoint *c, const char *const *names, 
         float *scale = bufs[i];
         int8_t *q = (int8_t *)((char *)bufs[i] + (R * 4 + 63) / 64 * 64);
         const char *src = e->view.data;
-        /* per output row: scale = max |w| / 127, q = round(w / scale) (nearest even) */
+        /* one scale per output row (core/quant.h), the row converted 1024 values at a time */
         #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < R; r++) {
             float tmp[1024];
@@ -824,22 +829,16 @@ dm_status dm_checkpoint_quantize_i8(dm_checkpoint *c, const char *const *names, 
             for (int64_t k0 = 0; k0 < K; k0 += 1024) {
                 const int64_t w = K - k0 < 1024 ? K - k0 : 1024;
                 dm_to_f32_n(tmp, row + (size_t)k0 * esz, sd, (size_t)w);
-                for (int64_t k = 0; k < w; k++) amax = fmaxf(amax, fabsf(tmp[k]));
+                amax = fmaxf(amax, dm_absmax(tmp, w));
             }
-            const float s = amax > 0.0f ? amax / 127.0f : 1.0f, inv = 1.0f / s;
+            scale[r] = dm_quant_scale(amax, 127.0f);
             for (int64_t k0 = 0; k0 < K; k0 += 1024) {
                 const int64_t w = K - k0 < 1024 ? K - k0 : 1024;
                 dm_to_f32_n(tmp, row + (size_t)k0 * esz, sd, (size_t)w);
-                for (int64_t k = 0; k < w; k++) q[r * K + k0 + k] = (int8_t)lrintf(tmp[k] * inv);
+                dm_quantize_i8(q + r * K + k0, tmp, w, 1.0f / scale[r]);
             }
-            scale[r] = s;
         }
-        { /* the mapped float pages leave our RSS (re-read from the file if touched) */
-            long pg = sysconf(_SC_PAGESIZE);
-            uintptr_t a = ((uintptr_t)src + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
-            uintptr_t z = ((uintptr_t)src + (size_t)(R * K) * esz) & ~((uintptr_t)pg - 1);
-            if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
-        }
+        drop_mapped_pages(src, (size_t)(R * K) * esz);
         e->owned = bufs[i];
         e->view.data = q;
         e->view.dtype = DM_I8;

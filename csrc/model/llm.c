@@ -442,13 +442,9 @@ dm_status dm_llm_layers_forward(const dm_llm *m, float *x, int64_t T, int64_t po
     llm_scratch b;
     const size_t need = scratch_layout(m, T, pos0, &b, NULL);
     dm_status s = DM_OK;
-    if (w->bytes < need) {
-        dm_llm_work_free(w);
-        if (!(w->block = dm_alloc(need, 1, "llm scratch"))) {
-            s = DM_ERR_NOMEM;
-            goto done;
-        }
-        w->bytes = need;
+    if (!dm_grow(&w->block, &w->bytes, need, "llm scratch")) {
+        s = DM_ERR_NOMEM;
+        goto done;
     }
     scratch_layout(m, T, pos0, &b, w->block);
     for (int64_t l = 0; l < k->n_layers; l++) {
